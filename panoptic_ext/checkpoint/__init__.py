@@ -1,0 +1,1 @@
+"""Checkpoint loading/saving helpers. Work in progress (issue 6)."""

@@ -1,0 +1,15 @@
+"""Dataset registration: the built-in synthetic set and any COCO-panoptic dataset."""
+
+from .register import load_panoptic_json, metadata_from_categories, register_panoptic_dataset
+from .synthetic import register_synthetic_datasets
+
+# The synthetic sets are registered with their default size; Trainer/setup re-registers them
+# with the sizes in cfg.DATASETS.SYNTHETIC.
+register_synthetic_datasets()
+
+__all__ = [
+    "load_panoptic_json",
+    "metadata_from_categories",
+    "register_panoptic_dataset",
+    "register_synthetic_datasets",
+]

@@ -1,0 +1,125 @@
+"""Pure functions that turn a COCO-panoptic PNG + ``segments_info`` into training targets.
+
+Shared by the mapper, the synthetic generator and the evaluators so that every consumer derives
+the same labels from the same file. All functions are vectorised over segments.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+THINGS_AS_ONE = "things_as_one"
+ALL_CLASSES = "all_classes"
+SEM_SEG_FORMATS = (THINGS_AS_ONE, ALL_CLASSES, "none")
+
+
+class PanopticLabelError(ValueError):
+    """A panoptic annotation that does not agree with its PNG or with the dataset metadata."""
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO-panoptic decoding ``id = R + 256 G + 256^2 B``.
+
+    Args:
+        rgb: (H, W, 3) uint8.
+    Returns:
+        (H, W) int64 segment ids (0 = void).
+    """
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_id`: (H, W) int ids -> (H, W, 3) uint8."""
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def segment_index_map(ids: np.ndarray, segment_ids: Sequence[int], file_name: str) -> np.ndarray:
+    """Replace the PNG's segment ids by 1-based positions in ``segment_ids`` (0 = void).
+
+    Args:
+        ids: (H, W) int segment ids decoded from the PNG.
+        segment_ids: the ``id`` of each entry of ``segments_info``, in order.
+        file_name: named in the error message.
+    Returns:
+        (H, W) int32 index map.
+    Raises:
+        PanopticLabelError: naming the file and the ids when the PNG holds ids that have no
+            segment, or ``segments_info`` repeats an id.
+    """
+    seg = np.asarray(segment_ids, dtype=np.int64)
+    if len(np.unique(seg)) != len(seg):
+        vals, counts = np.unique(seg, return_counts=True)
+        raise PanopticLabelError(f"{file_name}: duplicated segment ids {vals[counts > 1].tolist()}")
+    order = np.argsort(seg)
+    sorted_ids = seg[order]
+    if len(seg):
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(seg) - 1)
+        found = sorted_ids[pos] == ids
+    else:
+        pos, found = np.zeros(ids.shape, np.int64), np.zeros(ids.shape, bool)
+    stray = (~found) & (ids != 0)
+    if stray.any():
+        raise PanopticLabelError(
+            f"{file_name}: PNG segment ids {np.unique(ids[stray]).tolist()[:20]} "
+            "have no entry in segments_info"
+        )
+    index = np.zeros(ids.shape, dtype=np.int32)
+    if len(seg):
+        index[found] = order[pos[found]] + 1
+    return index
+
+
+def category_labels(
+    category_ids: Sequence[int],
+    thing_id_map: dict[int, int],
+    stuff_id_map: dict[int, int],
+    file_name: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map dataset category ids to (is_thing, contiguous id).
+
+    ``stuff_id_map`` follows detectron2's separated convention (stuff -> 1..S, ``{0: 0}`` for the
+    merged things class); ``thing_id_map`` maps things -> 0..T-1.
+
+    Returns:
+        is_thing: (K,) bool; contiguous: (K,) int64 (thing id for things, stuff id for stuff).
+    Raises:
+        PanopticLabelError: naming the file and every category id absent from the metadata.
+    """
+    cats = [int(c) for c in category_ids]
+    unknown = sorted(
+        {c for c in cats if c not in thing_id_map and (c not in stuff_id_map or c == 0)}
+    )
+    if unknown:
+        raise PanopticLabelError(
+            f"{file_name}: category ids {unknown} are not in the dataset metadata "
+            f"(things {sorted(thing_id_map)}, stuff {sorted(k for k in stuff_id_map if k != 0)})"
+        )
+    is_thing = np.array([c in thing_id_map for c in cats], dtype=bool)
+    contiguous = np.array(
+        [thing_id_map[c] if c in thing_id_map else stuff_id_map[c] for c in cats], dtype=np.int64
+    )
+    return is_thing, contiguous
+
+
+def semantic_lookup(
+    is_thing: np.ndarray,
+    contiguous: np.ndarray,
+    num_things: int,
+    sem_seg_format: str,
+    ignore_value: int,
+) -> np.ndarray:
+    """Lookup table from segment index (0 = void, 1..K) to semantic label.
+
+    Returns:
+        (K + 1,) int64: ``things_as_one``: thing -> 0, stuff -> its 1..S id; ``all_classes``:
+        thing -> 0..T-1, stuff -> T + (id - 1). Index 0 (void) -> ``ignore_value``.
+    """
+    if sem_seg_format == THINGS_AS_ONE:
+        labels = np.where(is_thing, 0, contiguous)
+    elif sem_seg_format == ALL_CLASSES:
+        labels = np.where(is_thing, contiguous, num_things + contiguous - 1)
+    else:
+        raise ValueError(f"sem_seg_format must be one of {SEM_SEG_FORMATS}, got {sem_seg_format!r}")
+    return np.concatenate([[ignore_value], labels]).astype(np.int64)

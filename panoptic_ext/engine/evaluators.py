@@ -1,0 +1,93 @@
+"""Evaluators chosen from a table keyed by the dataset's ``evaluator_type``.
+
+One table for every script (train_net, tests, tools) instead of an if-chain in each.
+"""
+
+import logging
+import os
+from collections.abc import Callable
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
+
+__all__ = ["build_evaluators", "EVALUATOR_TABLE", "MODEL_OUTPUTS"]
+
+logger = logging.getLogger(__name__)
+
+Factory = Callable[[CfgNode, str, str], DatasetEvaluator | None]
+
+
+def _panoptic(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator:
+    return COCOPanopticEvaluator(name, out)
+
+
+def _instance(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
+    if not MetadataCatalog.get(name).get("json_file"):
+        logger.info("'%s' has no instances json_file: skipping COCO box/mask AP", name)
+        return None
+    tasks = (
+        ("bbox", "segm")
+        if cfg.MODEL.MASK_ON or cfg.MODEL.META_ARCHITECTURE == "PanopticFCN"
+        else ("bbox",)
+    )
+    return COCOEvaluator(name, tasks=tasks, output_dir=out)
+
+
+def _sem_seg(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
+    meta = MetadataCatalog.get(name)
+    if meta.get("evaluator_type") == "coco_panoptic_seg":
+        # Derived PNGs hold things-as-one labels; other formats have no ground truth on disk.
+        if not meta.get("sem_seg_root") or cfg.INPUT.SEM_SEG_FORMAT != "things_as_one":
+            logger.info("'%s': no things-as-one semantic PNGs for this model: skipping mIoU", name)
+            return None
+    return SemSegEvaluator(name, distributed=True, output_dir=out)
+
+
+# evaluator_type -> {evaluator name: factory}
+EVALUATOR_TABLE: dict[str, dict[str, Factory]] = {
+    "coco_panoptic_seg": {"panoptic": _panoptic, "instance": _instance, "sem_seg": _sem_seg},
+    "coco": {"instance": _instance},
+    "sem_seg": {"sem_seg": _sem_seg},
+    "cityscapes_instance": {"instance": lambda cfg, name, out: CityscapesInstanceEvaluator(name)},
+    "cityscapes_sem_seg": {"sem_seg": lambda cfg, name, out: CityscapesSemSegEvaluator(name)},
+}
+
+# Meta-architecture -> the evaluator names its outputs can feed. Unknown ones get all.
+MODEL_OUTPUTS: dict[str, set[str]] = {
+    "PanopticFPN": {"panoptic", "instance", "sem_seg"},
+    "PanopticFCN": {"panoptic", "instance", "sem_seg"},
+    "GeneralizedRCNN": {"instance"},
+    "SemanticSegmentor": {"sem_seg"},
+}
+
+
+def build_evaluators(
+    cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+) -> DatasetEvaluator:
+    """The evaluators for ``dataset_name`` and the model in ``cfg`` (see ``TEST.EVALUATORS``)."""
+    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    table = EVALUATOR_TABLE.get(evaluator_type)
+    if table is None:
+        raise KeyError(
+            f"dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; "
+            f"known types: {sorted(EVALUATOR_TABLE)}"
+        )
+    wanted = set(cfg.TEST.EVALUATORS) or MODEL_OUTPUTS.get(cfg.MODEL.META_ARCHITECTURE, set(table))
+    unknown = set(cfg.TEST.EVALUATORS) - {n for t in EVALUATOR_TABLE.values() for n in t}
+    if unknown:
+        raise KeyError(f"TEST.EVALUATORS has unknown names {sorted(unknown)}")
+    evaluators = [f(cfg, dataset_name, output_folder) for n, f in table.items() if n in wanted]
+    evaluators = [e for e in evaluators if e is not None]
+    if not evaluators:
+        raise ValueError(f"no evaluator applies to dataset '{dataset_name}' with {sorted(wanted)}")
+    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

@@ -1,0 +1,49 @@
+"""Config setup and the ``main`` that ``train_net.py`` launches (kept here so tests can call it)."""
+
+import argparse
+import logging
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_setup
+
+from .. import config as ext_config  # module import: panoptic_ext.config imports this package
+from ..data.datasets import register_synthetic_datasets
+from .trainer import Trainer
+
+__all__ = ["setup_cfg", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def setup_cfg(args: argparse.Namespace) -> CfgNode:
+    """Build the frozen config from ``args.config_file`` and ``args.opts`` and set up logging.
+
+    Unknown keys raise detectron2's ``KeyError: 'Non-existent config key: ...'``. Without CUDA,
+    ``MODEL.DEVICE`` falls back to "cpu" so every config runs on any machine.
+    """
+    cfg = get_cfg()
+    ext_config.add_panoptic_ext_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    synthetic = cfg.DATASETS.SYNTHETIC
+    register_synthetic_datasets(
+        synthetic.IMAGE_SIZE, synthetic.NUM_TRAIN, synthetic.NUM_VAL, synthetic.SEED
+    )
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args: argparse.Namespace):
+    """Train (or with ``--eval-only`` evaluate) the model described by ``args``."""
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()

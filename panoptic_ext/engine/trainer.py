@@ -1,0 +1,90 @@
+"""``Trainer``: detectron2's DefaultTrainer with our mapper, evaluator table and CPU-safe DDP."""
+
+import logging
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch import nn
+
+from ..data import PanopticDatasetMapper
+from .checks import check_class_counts
+from .evaluators import build_evaluators
+
+__all__ = ["Trainer", "wrap_ddp"]
+
+
+def wrap_ddp(model: nn.Module) -> nn.Module:
+    """DistributedDataParallel when there are several processes, on GPU or CPU.
+
+    detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]``, which DDP rejects for a
+    CPU module; with gloo on CPU we pass ``device_ids=None``.
+    """
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    device_ids = [comm.get_local_rank()] if on_cuda else None
+    return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer that feeds :class:`PanopticDatasetMapper` and picks evaluators by table."""
+
+    def __init__(self, cfg: CfgNode):
+        # Same construction order as DefaultTrainer; only the DDP wrapping and the checkpointer
+        # factory differ, so DefaultTrainer.__init__ is not called.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_ddp(model)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_checkpointer(
+        cls, cfg: CfgNode, model: nn.Module, **checkpointables
+    ) -> DetectionCheckpointer:
+        """The checkpointer used for training, resuming and ``--eval-only`` loading."""
+        return DetectionCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        check_class_counts(cfg)
+        return super().build_model(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_detection_train_loader(cfg, mapper=PanopticDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=PanopticDatasetMapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+    ) -> DatasetEvaluator:
+        return build_evaluators(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None):
+        # Evaluation runs in inference mode; no autograd state is kept.
+        with torch.no_grad():
+            return super().test(cfg, model, evaluators)

@@ -1,0 +1,25 @@
+#!/usr/bin/env python3
+"""Train or evaluate a panoptic_ext model with detectron2's trainer.
+
+    python train_net.py --config-file configs/quick_schedules/panoptic_fpn_synthetic.yaml
+    python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file CFG --num-gpus 8                       # one machine
+    python train_net.py --config-file CFG --num-gpus 8 --num-machines 2 \\
+        --machine-rank R --dist-url tcp://HOST0:PORT                          # each machine
+"""
+
+from detectron2.engine import default_argument_parser, launch
+
+from panoptic_ext.engine import main
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
