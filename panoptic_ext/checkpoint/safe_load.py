@@ -1,0 +1,147 @@
+"""One loader for every checkpoint file panoptic_ext reads, safe by default.
+
+* ``.pth`` / ``.pt`` / ``.pyth``: ``torch.load(weights_only=True)`` -- tensors, plain containers
+  and scalars only.
+* ``.pkl`` (detectron2 / Detectron model zoo): a restricted unpickler that admits only numpy
+  arrays and dtypes, plain containers (dict, list, tuple, OrderedDict, set), strings, bytes and
+  numbers.
+
+Anything else is refused with :class:`UnsafeCheckpointError` naming the file and the offending
+global, unless the caller explicitly trusts the file (``CHECKPOINT.TRUST_PICKLE`` or the
+environment variable ``PANOPTIC_EXT_TRUST_CHECKPOINTS=1``); a pickle can run arbitrary code.
+"""
+
+import importlib
+import logging
+import os
+import pickle
+import re
+from typing import Any
+
+import torch
+
+__all__ = ["TRUST_ENV_VAR", "UnsafeCheckpointError", "load_checkpoint_file", "trust_from_env"]
+
+logger = logging.getLogger(__name__)
+
+TRUST_ENV_VAR = "PANOPTIC_EXT_TRUST_CHECKPOINTS"
+
+# (module, name) pairs a model-zoo pickle may reference. Both numpy<2 ("numpy.core") and
+# numpy>=2 ("numpy._core") spellings exist in the wild.
+_SAFE_PICKLE_GLOBALS = frozenset(
+    [
+        (numpy_core, name)
+        for numpy_core in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    ]
+    + [
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        # Protocol-2 pickles written by Python 3 encode ``bytes`` through _codecs.encode.
+        ("_codecs", "encode"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "bytearray"),
+        ("builtins", "complex"),
+    ]
+)
+# numpy scalar types (np.float32, ...) are pickled as dtype classes of the numpy.dtypes module.
+_SAFE_NUMPY_DTYPE_MODULES = ("numpy.dtypes",)
+
+_TRUST_HINT = (
+    "A pickle can execute arbitrary code when loaded. If you trust this file, set the config key "
+    f"CHECKPOINT.TRUST_PICKLE True (e.g. append `CHECKPOINT.TRUST_PICKLE True` to the command) "
+    f"or the environment variable {TRUST_ENV_VAR}=1."
+)
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint references a Python global that the safe loaders do not admit."""
+
+    def __init__(self, filename: str, offending: str):
+        self.filename = filename
+        self.offending = offending
+        msg = (
+            f"Refusing to load checkpoint '{filename}': it references the global '{offending}', "
+            "which is not a numpy array, plain container or scalar. " + _TRUST_HINT
+        )
+        super().__init__(msg)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` whose ``find_class`` admits only :data:`_SAFE_PICKLE_GLOBALS`."""
+
+    def __init__(self, file, filename: str):
+        super().__init__(file, encoding="latin1")  # latin1: Python-2 era Detectron pickles
+        self._filename = filename
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_PICKLE_GLOBALS or module in _SAFE_NUMPY_DTYPE_MODULES:
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(self._filename, f"{module}.{name}")
+
+
+def trust_from_env() -> bool:
+    """True when the environment variable ``PANOPTIC_EXT_TRUST_CHECKPOINTS`` is 1, true or yes."""
+    return os.environ.get(TRUST_ENV_VAR, "").strip().lower() in ("1", "true", "yes")
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """The numpy callables of :data:`_SAFE_PICKLE_GLOBALS`, for torch's weights_only unpickler."""
+    found = []
+    for module_name, name in sorted(_SAFE_PICKLE_GLOBALS):
+        if module_name.startswith("numpy"):
+            try:
+                found.append(getattr(importlib.import_module(module_name), name))
+            except (ImportError, AttributeError):  # the other numpy major version's spelling
+                continue
+    for module_name in _SAFE_NUMPY_DTYPE_MODULES:  # dtype instances are built from these classes
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found += [getattr(module, n) for n in getattr(module, "__all__", []) if hasattr(module, n)]
+    return found
+
+
+def _safe_torch_load(filename: str) -> Any:
+    try:
+        # torch's allow-list (tensors, containers, scalars) plus numpy arrays and dtypes.
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(filename, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message reads "... Unsupported global: GLOBAL posix.system was not an allowed
+        # global by default ..."; surface the global's name in our own message.
+        found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(e))
+        offending = (found.group(1) or found.group(2)) if found else "<unknown>"
+        raise UnsafeCheckpointError(filename, offending) from e
+
+
+def load_checkpoint_file(filename: str, trust: bool = False) -> Any:
+    """Load a local checkpoint file without executing code from it.
+
+    Args:
+        filename: local path; ``.pkl`` goes through the restricted unpickler, any other suffix
+            through ``torch.load(weights_only=True)``.
+        trust: load with full pickle instead (only for files you trust); the environment
+            variable ``PANOPTIC_EXT_TRUST_CHECKPOINTS=1`` has the same effect.
+
+    Returns:
+        The unpickled object (for checkpoints: a dict of tensors / numpy arrays and metadata).
+
+    Raises:
+        UnsafeCheckpointError: the file references a global outside the allow-list.
+        FileNotFoundError, EOFError, RuntimeError, pickle.UnpicklingError: unreadable file.
+    """
+    trust = trust or trust_from_env()
+    if trust:
+        logger.warning(f"Loading '{filename}' with full pickle: the file is trusted explicitly.")
+    if filename.endswith(".pkl"):
+        with open(filename, "rb") as f:
+            if trust:
+                return pickle.load(f, encoding="latin1")
+            return _RestrictedUnpickler(f, filename).load()
+    if trust:
+        return torch.load(filename, map_location="cpu", weights_only=False)
+    return _safe_torch_load(filename)

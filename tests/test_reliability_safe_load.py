@@ -1,0 +1,126 @@
+"""Safe checkpoint loading: pickles cannot run code, model-zoo files still load, atomic saves."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from panoptic_ext.checkpoint import (
+    SafeCheckpointer,
+    UnsafeCheckpointError,
+    load_checkpoint_file,
+)
+from panoptic_ext.checkpoint.safe_load import TRUST_ENV_VAR
+
+
+class _CreatesFile:
+    """Pickle payload that would create ``path`` when unpickled (via os.system)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+
+
+@pytest.fixture(autouse=True)
+def _no_trust_env(monkeypatch):
+    monkeypatch.delenv(TRUST_ENV_VAR, raising=False)
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, suffix):
+    marker = tmp_path / "pwned"
+    path = str(tmp_path / f"evil{suffix}")
+    payload = {"model": {"w": np.zeros(2)}, "__author__": "x", "evil": _CreatesFile(marker)}
+    if suffix == ".pkl":
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    else:
+        torch.save(payload, path)
+    checkpointer = SafeCheckpointer(_tiny_model())
+    with pytest.raises(UnsafeCheckpointError) as err:
+        checkpointer.load(path)
+    msg = str(err.value)
+    assert path in msg
+    assert "system" in msg  # the offending global (posix.system / nt.system)
+    assert "CHECKPOINT.TRUST_PICKLE" in msg
+    assert not marker.exists()
+    # The trust flag really switches to full pickle: the payload runs (so the guard above matters).
+    load_checkpoint_file(path, trust=True)
+    assert marker.exists()
+
+
+def test_model_zoo_pkl_loads_into_model(tmp_path):
+    """detectron2 model-zoo layout: {"model": numpy arrays, "__author__", "matching_heuristics"}."""
+    source = _tiny_model()
+    weights = {k: v.numpy() for k, v in source.state_dict().items()}
+    path = str(tmp_path / "zoo.pkl")
+    with open(path, "wb") as f:
+        pickle.dump(
+            {"model": weights, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}, f
+        )
+    target = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    SafeCheckpointer(target).load(path)
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v), k
+    # Caffe2 layout ("blobs") and numpy scalars also pass the restricted unpickler.
+    blobs = {"blobs": {"a": np.float32(1.5), "b_momentum": np.ones(2)}, "note": np.int64(3)}
+    with open(path, "wb") as f:
+        pickle.dump(blobs, f, protocol=2)
+    loaded = load_checkpoint_file(path)
+    assert loaded["blobs"]["a"] == np.float32(1.5) and loaded["note"] == 3
+
+
+def test_env_var_trusts(tmp_path, monkeypatch):
+    path = str(tmp_path / "obj.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"x": complex(1, 2), "f": np.float64}, f)
+    with pytest.raises(UnsafeCheckpointError, match="numpy.float64"):
+        load_checkpoint_file(path)
+    monkeypatch.setenv(TRUST_ENV_VAR, "1")
+    assert load_checkpoint_file(path)["f"] is np.float64
+
+
+def test_save_is_atomic_and_resume_falls_back(tmp_path, caplog):
+    model = _tiny_model()
+    checkpointer = SafeCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_0000001")
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    checkpointer.save("model_0000002")
+    assert open(tmp_path / "last_checkpoint").read() == "model_0000002.pth"
+
+    # A save that fails half-way (an unpicklable extra) leaves no file and keeps the last tag.
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+        checkpointer.save("model_0000003", bad=lambda: None)
+    assert not (tmp_path / "model_0000003.pth").exists()
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+        "model_0000002.pth",
+    ]
+
+    # Truncate the last checkpoint: resume warns and falls back to the previous one.
+    last = tmp_path / "model_0000002.pth"
+    last.write_bytes(last.read_bytes()[:100])
+    os.utime(tmp_path / "model_0000001.pth")
+    fresh = _tiny_model()
+    with torch.no_grad():
+        fresh[0].weight.zero_()
+    SafeCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
+    assert torch.equal(fresh[0].weight, first["0.weight"])
+
+    # Nothing readable left: a clear error listing every file tried.
+    (tmp_path / "model_0000001.pth").write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="model_0000001.pth"):
+        SafeCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
