@@ -1,0 +1,398 @@
+"""``PanopticFCN`` meta-architecture (Li et al., "Fully Convolutional Networks for Panoptic
+Segmentation", CVPR 2021), batched over images for training and inference."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import ImageList, Instances
+from torch import nn
+
+from ...data.mapper import masks_to_boxes
+from .encoder import FeatureEncoder
+from .heads import KernelEmbedding, KernelHead, PositionHead
+from .inference import (
+    combine_panoptic,
+    fuse_thing_kernels,
+    rescore_things,
+    resize_probs,
+    stuff_candidates,
+    thing_candidates,
+)
+from .layers import ConvTower
+from .losses import panoptic_fcn_losses
+from .targets import build_targets, collate_ground_truth
+
+__all__ = ["PanopticFCN", "HeadOutputs"]
+
+
+@dataclass
+class HeadOutputs:
+    """Raw outputs of one forward pass (L head levels, batch N).
+
+    Attributes:
+        center_logits: L x (N, T, H_l, W_l); region_logits: L x (N, S, H_l, W_l);
+        kernel_maps: L x (N, D, H_l, W_l); encode_feat: (N, E, Hf, Wf).
+    """
+
+    center_logits: list[torch.Tensor]
+    region_logits: list[torch.Tensor]
+    kernel_maps: list[torch.Tensor]
+    encode_feat: torch.Tensor
+
+
+@META_ARCH_REGISTRY.register()
+class PanopticFCN(nn.Module):
+    """Backbone -> feature encoder (stride 4, E channels) + per-level position and kernel heads.
+
+    Training: targets for the whole batch (``targets.py``) and four losses (``losses.py``).
+    Inference: returns per image ``{"panoptic_seg": (int32 HxW, segments_info),
+    "instances": Instances, "sem_seg": (S, H, W) stuff probabilities}``.
+    Thing ``category_id`` is the contiguous thing id 0..T-1, stuff ``category_id`` the contiguous
+    stuff id (1..S-1 with the merged "things" channel 0), i.e. detectron2's *separated*
+    panoptic convention, so ``COCOPanopticEvaluator`` works directly.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        encoder: FeatureEncoder,
+        position_head: PositionHead,
+        kernel_head: KernelHead,
+        thing_generator: KernelEmbedding,
+        stuff_generator: KernelEmbedding,
+        head_in_features: list[str],
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        ignore_value: int,
+        with_thing: bool,
+        target_params: dict[str, Any],
+        loss_params: dict[str, Any],
+        inference_params: dict[str, Any],
+    ):
+        """
+        Args:
+            backbone / encoder / position_head / kernel_head / thing_generator /
+                stuff_generator: the model parts.
+            head_in_features: backbone levels of the position and kernel heads.
+            pixel_mean, pixel_std: per-channel normalisation, in the model's input order.
+            ignore_value: void label of ``sem_seg`` targets.
+            with_thing: stuff channel 0 is the merged "things" class (sem_seg "things_as_one").
+            target_params: keyword arguments of :func:`targets.build_targets` (settings only).
+            loss_params: keyword arguments of :func:`losses.panoptic_fcn_losses` (settings only).
+            inference_params: thresholds and caps, see ``from_config``.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.encoder = encoder
+        self.position_head = position_head
+        self.kernel_head = kernel_head
+        self.thing_generator = thing_generator
+        self.stuff_generator = stuff_generator
+        self.head_in_features = head_in_features
+        self.ignore_value = ignore_value
+        self.with_thing = with_thing
+        self.target_params = target_params
+        self.loss_params = loss_params
+        self.inference_params = inference_params
+        smooth = inference_params["peak_smooth_sizes"]
+        if len(smooth) != len(head_in_features):
+            raise ValueError(
+                "MODEL.PANOPTIC_FCN.POSITION_HEAD.THING.PEAK_SMOOTH_SIZES has "
+                f"{len(smooth)} entries but HEAD_IN_FEATURES has {len(head_in_features)} levels"
+            )
+        scales = target_params["instance_scales"]
+        if len(scales) != len(head_in_features):
+            raise ValueError(
+                f"MODEL.PANOPTIC_FCN.KERNEL_HEAD.INSTANCE_SCALES has {len(scales)} ranges but "
+                f"HEAD_IN_FEATURES has {len(head_in_features)} levels"
+            )
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        p = cfg.MODEL.PANOPTIC_FCN
+        missing = [
+            f
+            for f in list(p.SEMANTIC_FPN.IN_FEATURES) + list(p.HEAD_IN_FEATURES)
+            if f not in shapes
+        ]
+        if missing:
+            raise ValueError(
+                f"MODEL.PANOPTIC_FCN.*IN_FEATURES name {missing}, which backbone "
+                f"{cfg.MODEL.BACKBONE.NAME} does not output (it gives {sorted(shapes)})"
+            )
+        head_channels = {shapes[f].channels for f in p.HEAD_IN_FEATURES}
+        if len(head_channels) != 1:
+            raise ValueError(
+                f"MODEL.PANOPTIC_FCN.HEAD_IN_FEATURES levels have different widths {head_channels}"
+            )
+        in_ch = head_channels.pop()
+        th, st, kh, fe = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF, p.KERNEL_HEAD, p
+        encoder = FeatureEncoder(
+            {f: shapes[f] for f in p.SEMANTIC_FPN.IN_FEATURES},
+            fpn_dim=p.SEMANTIC_FPN.CONVS_DIM,
+            fpn_norm=p.SEMANTIC_FPN.NORM,
+            common_stride=p.SEMANTIC_FPN.COMMON_STRIDE,
+            out_dim=fe.FEATURE_ENCODER.CONVS_DIM,
+            num_convs=fe.FEATURE_ENCODER.NUM_CONVS,
+            norm=fe.FEATURE_ENCODER.NORM,
+            deform=fe.FEATURE_ENCODER.DEFORM,
+            coord=fe.FEATURE_ENCODER.COORD,
+        )
+        pos = p.POSITION_HEAD
+        position_head = PositionHead(
+            ConvTower(in_ch, pos.CONVS_DIM, pos.NUM_CONVS, pos.NORM, pos.DEFORM, pos.COORD),
+            num_thing_classes=th.NUM_CLASSES,
+            num_stuff_classes=st.NUM_CLASSES,
+            bias_value=th.BIAS_VALUE,
+        )
+        kernel_head = KernelHead(
+            ConvTower(in_ch, kh.CONVS_DIM, kh.NUM_CONVS, kh.NORM, kh.DEFORM, kh.COORD)
+        )
+        emb = fe.FEATURE_ENCODER.CONVS_DIM
+        inf = p.INFERENCE
+        return {
+            "backbone": backbone,
+            "encoder": encoder,
+            "position_head": position_head,
+            "kernel_head": kernel_head,
+            "thing_generator": KernelEmbedding(kh.CONVS_DIM, emb),
+            "stuff_generator": KernelEmbedding(kh.CONVS_DIM, emb),
+            "head_in_features": list(p.HEAD_IN_FEATURES),
+            "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": list(cfg.MODEL.PIXEL_STD),
+            "ignore_value": p.IGNORE_VALUE,
+            "with_thing": st.WITH_THING,
+            "target_params": {
+                "num_thing_classes": th.NUM_CLASSES,
+                "num_stuff_classes": st.NUM_CLASSES,
+                "stuff_label_offset": 0 if st.WITH_THING else 1,
+                "common_stride": p.SEMANTIC_FPN.COMMON_STRIDE,
+                "instance_scales": [list(s) for s in kh.INSTANCE_SCALES],
+                "center_type": th.CENTER_TYPE,
+                "min_overlap": th.MIN_OVERLAP,
+                "sigma_factor": th.GAUSSIAN_SIGMA,
+                "guidance_thres": th.GUIDANCE_THRES,
+                "stuff_gt_thres": st.GT_THRES,
+            },
+            "loss_params": {
+                "pos_num": th.POS_NUM,
+                "detach_guidance": th.DETACH_GUIDANCE,
+                "focal_alpha": p.LOSS.FOCAL_ALPHA,
+                "focal_gamma": p.LOSS.FOCAL_GAMMA,
+                "position_weight": p.LOSS.POSITION_WEIGHT,
+                "segment_weight": p.LOSS.SEGMENT_WEIGHT,
+            },
+            "inference_params": {
+                "thing_thres": th.THRES,
+                "stuff_thres": st.THRES,
+                "top_num": th.TOP_NUM,
+                "level_top_num": th.LEVEL_TOP_NUM,
+                "peak_smooth_sizes": list(th.PEAK_SMOOTH_SIZES),
+                "peak_pool_size": th.PEAK_POOL_SIZE,
+                "mask_thres": inf.INST_THRES,
+                "similar_thres": inf.SIMILAR_THRES,
+                "class_specific": inf.CLASS_SPECIFIC,
+                "score_floor": inf.SCORE_FLOOR,
+                "combine": inf.COMBINE.ENABLE,
+                "overlap_thresh": inf.COMBINE.OVERLAP_THRESH,
+                "stuff_area_limit": inf.COMBINE.STUFF_AREA_LIMIT,
+                "inst_thresh": inf.COMBINE.INST_THRESH,
+            },
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
+        """Normalise the (C, H, W) images and pad them into one batch (size_divisibility)."""
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def forward(self, batched_inputs: list[dict[str, Any]]):
+        """
+        Args:
+            batched_inputs: detectron2 format, per image "image" (C, H, W) and, for training,
+                "instances" (gt_masks BitMasks, gt_boxes, gt_classes; may be empty or absent)
+                and "sem_seg" (H, W) int64 (absent = all void). Optional "height"/"width".
+        Returns:
+            training: dict of losses; inference: list of per-image result dicts.
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        encode_feat = self.encoder(features)
+        center_logits, region_logits, kernel_maps = [], [], []
+        for name in self.head_in_features:
+            centers, regions = self.position_head(features[name])
+            center_logits.append(centers)
+            region_logits.append(regions)
+            kernel_maps.append(self.kernel_head(features[name]))
+        outputs = HeadOutputs(center_logits, region_logits, kernel_maps, encode_feat)
+        if self.training:
+            return self.losses(batched_inputs, images, outputs)
+        return self.inference(batched_inputs, images, outputs)
+
+    def losses(
+        self,
+        batched_inputs: list[dict[str, Any]],
+        images: ImageList,
+        outputs: HeadOutputs,
+    ) -> dict[str, torch.Tensor]:
+        """Targets for the batch, then the four losses (see ``losses.py``)."""
+        with torch.no_grad():
+            gt = collate_ground_truth(
+                [x.get("instances") for x in batched_inputs],
+                [x.get("sem_seg") for x in batched_inputs],
+                tuple(images.tensor.shape[-2:]),
+                self.ignore_value,
+                self.device,
+            )
+            targets = build_targets(
+                gt,
+                [tuple(c.shape[-2:]) for c in outputs.center_logits],
+                num_images=len(batched_inputs),
+                **self.target_params,
+            )
+        return panoptic_fcn_losses(
+            outputs.center_logits,
+            outputs.region_logits,
+            outputs.kernel_maps,
+            outputs.encode_feat,
+            targets,
+            self.thing_generator,
+            self.stuff_generator,
+            **self.loss_params,
+        )
+
+    @torch.no_grad()
+    def inference(
+        self,
+        batched_inputs: list[dict[str, Any]],
+        images: ImageList,
+        outputs: HeadOutputs,
+    ) -> list[dict[str, Any]]:
+        """Batched candidates, fusion and rescoring; per-image resize and panoptic merge."""
+        p = self.inference_params
+        center_logits, region_logits = outputs.center_logits, outputs.region_logits
+        kernel_maps, encode_feat = outputs.kernel_maps, outputs.encode_feat
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            feats = encode_feat.float().flatten(2)  # (N, E, HW)
+            hf, wf = encode_feat.shape[-2:]
+            stride = images.tensor.shape[-1] // wf
+
+            # Things: candidates of all levels, sorted by score within each image.
+            cands = [
+                thing_candidates(
+                    c,
+                    k.float(),
+                    smooth_size=size,
+                    pool_size=p["peak_pool_size"],
+                    top_k=p["level_top_num"],
+                    thres=p["thing_thres"],
+                )
+                for c, k, size in zip(center_logits, kernel_maps, p["peak_smooth_sizes"])
+            ]
+            scores, classes, kernels, valid = (torch.cat(t, dim=1) for t in zip(*cands))
+            scores = torch.where(valid, scores, torch.full_like(scores, -1.0))
+            scores, order = scores.sort(dim=1, descending=True)
+            classes = classes.gather(1, order)
+            valid = valid.gather(1, order)
+            kernels = kernels.gather(1, order[..., None].expand_as(kernels))
+            fused, keep = fuse_thing_kernels(
+                self.thing_generator(kernels),
+                classes,
+                valid,
+                p["similar_thres"],
+                p["class_specific"],
+            )
+            probs = torch.bmm(fused, feats).sigmoid()  # (N, n, HW)
+            order, th_scores, th_valid = rescore_things(
+                probs,
+                scores,
+                keep,
+                mask_thres=p["mask_thres"],
+                score_floor=p["score_floor"],
+                top_num=p["top_num"],
+            )
+            th_probs = probs.gather(1, order[..., None].expand(-1, -1, probs.shape[-1]))
+            th_probs = th_probs.view(*order.shape, hf, wf)
+            th_classes = classes.gather(1, order)
+
+            # Stuff: average the kernels and scores of each class over the levels.
+            st = [
+                stuff_candidates(r, k.float(), p["stuff_thres"])
+                for r, k in zip(region_logits, kernel_maps)
+            ]
+            st_valid = torch.stack([v for _, _, v in st]).float()  # (L, N, S)
+            count = st_valid.sum(0)
+            st_kern = (torch.stack([k for _, k, _ in st]) * st_valid[..., None]).sum(0)
+            st_kern = st_kern / count.clamp(min=1)[..., None]
+            st_present = count > 0
+            st_probs = torch.bmm(self.stuff_generator(st_kern), feats).sigmoid()
+            st_probs = (st_probs * st_present[..., None]).view(*st_present.shape, hf, wf)
+
+        results = []
+        for i, x in enumerate(batched_inputs):  # output sizes differ per image
+            image_size = images.image_sizes[i]
+            out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
+            results.append(
+                self._postprocess_image(
+                    th_probs[i][th_valid[i]],
+                    th_scores[i][th_valid[i]],
+                    th_classes[i][th_valid[i]],
+                    st_probs[i],
+                    st_present[i],
+                    stride,
+                    image_size,
+                    out_size,
+                )
+            )
+        return results
+
+    def _postprocess_image(
+        self,
+        thing_probs: torch.Tensor,
+        thing_scores: torch.Tensor,
+        thing_classes: torch.Tensor,
+        stuff_probs: torch.Tensor,
+        stuff_present: torch.Tensor,
+        stride: int,
+        image_size: tuple[int, int],
+        out_size: tuple[int, int],
+    ) -> dict[str, Any]:
+        """One image: (K, Hf, Wf) thing and (S, Hf, Wf) stuff probabilities -> output dict."""
+        p = self.inference_params
+        masks = resize_probs(thing_probs, stride, image_size, out_size) > p["mask_thres"]
+        instances = Instances(out_size)
+        instances.pred_masks = masks
+        instances.pred_boxes = masks_to_boxes(masks)
+        instances.scores = thing_scores
+        instances.pred_classes = thing_classes
+        present = torch.nonzero(stuff_present).flatten()
+        sem_seg = stuff_probs.new_zeros((stuff_probs.shape[0], *out_size))
+        sem_seg[present] = resize_probs(stuff_probs[present], stride, image_size, out_size)
+        result = {"instances": instances, "sem_seg": sem_seg}
+        if p["combine"]:
+            result["panoptic_seg"] = combine_panoptic(
+                masks,
+                thing_scores,
+                thing_classes,
+                sem_seg,
+                overlap_thresh=p["overlap_thresh"],
+                stuff_area_limit=p["stuff_area_limit"],
+                inst_thresh=p["inst_thresh"],
+                thing_channel=0 if self.with_thing else None,
+                stuff_category_offset=0 if self.with_thing else 1,
+            )
+        return result
