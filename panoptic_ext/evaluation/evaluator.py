@@ -1,0 +1,212 @@
+"""``FastPanopticEvaluator``: a drop-in for detectron2's ``COCOPanopticEvaluator``.
+
+Same inputs (``outputs[i]["panoptic_seg"] = (panoptic_img, segments_info)``), same result keys
+(``PQ, SQ, RQ`` and their ``_th`` / ``_st`` variants, in percent) and, to within 1e-9, the same
+numbers as panopticapi's ``pq_compute``. Instead of encoding every prediction to PNG, gathering
+them, writing them to disk and re-reading them in one process per CPU, each prediction is matched
+against its ground-truth PNG as it arrives (in ``TEST.PQ_WORKERS`` threads) and only per-category
+sums are kept and gathered across ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluator
+from detectron2.utils import comm
+from tabulate import tabulate
+
+from .fast_pq import PQCategories, PQStats, image_pq_stats, pq_average, read_panoptic_png
+
+__all__ = ["FastPanopticEvaluator", "build_panoptic_evaluator", "PANOPTIC_EVALUATORS"]
+
+logger = logging.getLogger(__name__)
+
+
+class FastPanopticEvaluator(DatasetEvaluator):
+    """Streaming exact PQ evaluator for datasets registered with COCO-panoptic metadata.
+
+    It contains a gather and has to be called from all workers, like detectron2's evaluators.
+    """
+
+    def __init__(self, dataset_name: str, output_dir: str | None = None, num_workers: int = 1):
+        """
+        Args:
+            dataset_name: a registered dataset whose metadata has ``panoptic_json``,
+                ``panoptic_root`` and detectron2's thing/stuff id maps.
+            output_dir: when given, per-class results are written to
+                ``<output_dir>/pq_per_class.json``.
+            num_workers: threads that read ground-truth PNGs and match segments; 0 or 1 = inline.
+        Raises:
+            ValueError: naming the json when category ids repeat, ``isthing`` is missing, or the
+                metadata id maps disagree with the json's ``isthing``.
+        """
+        self._metadata = MetadataCatalog.get(dataset_name)
+        self._dataset_name = dataset_name
+        self._output_dir = output_dir
+        self._num_workers = max(int(num_workers), 0)
+        json_file = self._metadata.panoptic_json
+        with open(json_file) as f:
+            gt = json.load(f)
+        self._categories = PQCategories(gt["categories"], json_file)
+        self._gt = {ann["image_id"]: ann for ann in gt["annotations"]}
+        self._gt_root = self._metadata.panoptic_root
+        self._thing_to_dataset = {
+            v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()
+        }
+        self._stuff_to_dataset = {
+            v: k for k, v in self._metadata.stuff_dataset_id_to_contiguous_id.items()
+        }
+        self._check_metadata(json_file)
+        self._pool: ThreadPoolExecutor | None = None
+        self.last_results: dict[str, Any] | None = None
+        self.reset()
+
+    def _check_metadata(self, json_file: str) -> None:
+        isthing = dict(zip(self._categories.ids.tolist(), self._categories.isthing.tolist()))
+        bad = [i for i in self._thing_to_dataset.values() if not isthing.get(i, False)]
+        bad += [i for i in self._stuff_to_dataset.values() if i != 0 and isthing.get(i, True)]
+        if bad:
+            raise ValueError(
+                f"{self._dataset_name}: metadata id maps name category ids {sorted(bad)} that are "
+                f"missing from {json_file} or have the other 'isthing'"
+            )
+
+    def reset(self) -> None:
+        self._stats = PQStats.zeros(len(self._categories))
+        self._pending: list[Future] = []
+        self._num_images = 0
+        if self._num_workers > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self._num_workers, thread_name_prefix="pq")
+
+    def _prediction_segments(
+        self, panoptic_img: np.ndarray, segments_info: list[dict[str, Any]] | None
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Dataset-id segments of one prediction (copies; the model output is left untouched)."""
+        if segments_info is None:
+            # Panoptic-DeepLab style: ids are category * label_divisor + instance, -1 = void.
+            divisor = self._metadata.label_divisor
+            labels = np.unique(panoptic_img)
+            labels = labels[labels != -1]
+            segments = []
+            for label in labels.tolist():
+                cat = label // divisor
+                isthing = cat in self._thing_to_dataset
+                segments.append({"id": label + 1, "category_id": cat, "isthing": isthing})
+            panoptic_img = panoptic_img + 1
+            segments_info = segments
+        out = []
+        for seg in segments_info:
+            seg = dict(seg)
+            isthing = seg.pop("isthing", None)
+            if isthing is not None:
+                table = self._thing_to_dataset if isthing else self._stuff_to_dataset
+                seg["category_id"] = table[seg["category_id"]]
+            out.append(seg)
+        return panoptic_img, out
+
+    def _image_stats(self, gt_ann: dict[str, Any], pred: np.ndarray, segments: list) -> PQStats:
+        gt_ids = read_panoptic_png(os.path.join(self._gt_root, gt_ann["file_name"]))
+        return image_pq_stats(
+            gt_ids, gt_ann["segments_info"], pred, segments, self._categories, gt_ann["file_name"]
+        )
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        """Match each prediction with its ground truth (in the worker threads when configured).
+
+        ``outputs[i]["panoptic_seg"]``: ``(panoptic_img (H, W) int tensor, segments_info)``.
+        """
+        for inp, output in zip(inputs, outputs):
+            panoptic_img, segments_info = output["panoptic_seg"]
+            pred, segments = self._prediction_segments(
+                panoptic_img.cpu().numpy().astype(np.int64), segments_info
+            )
+            gt_ann = self._gt.get(inp["image_id"])
+            if gt_ann is None:
+                raise KeyError(
+                    f"{self._dataset_name}: image_id {inp['image_id']} ({inp.get('file_name')}) "
+                    f"has no annotation in {self._metadata.panoptic_json}"
+                )
+            self._num_images += 1
+            if self._pool is None:
+                self._stats += self._image_stats(gt_ann, pred, segments)
+                continue
+            self._pending.append(self._pool.submit(self._image_stats, gt_ann, pred, segments))
+            if len(self._pending) > 4 * self._num_workers:  # bound memory held by predictions
+                self._drain(keep=self._num_workers)
+
+    def _drain(self, keep: int = 0) -> None:
+        while len(self._pending) > keep:
+            self._stats += self._pending.pop(0).result()
+
+    def evaluate(self) -> OrderedDict | None:
+        self._drain()
+        gathered = comm.gather((self._stats, self._num_images), dst=0)
+        if not comm.is_main_process():
+            return None
+        total = PQStats.zeros(len(self._categories))
+        num_images = 0
+        for stats, n in gathered:
+            total += stats
+            num_images += n
+        if num_images == 0:
+            logger.warning(f"{self._dataset_name}: FastPanopticEvaluator received no prediction")
+            return OrderedDict()
+        if num_images < len(self._gt):
+            logger.info(f"PQ on {num_images} of the {len(self._gt)} images of {self._dataset_name}")
+        pq_res = pq_average(total, self._categories)
+        self.last_results = pq_res
+        self._log_tables(pq_res)
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            with open(os.path.join(self._output_dir, "pq_per_class.json"), "w") as f:
+                json.dump({str(k): v for k, v in pq_res["per_class"].items()}, f, indent=1)
+        res = {}
+        for key, name in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
+            for metric in ("PQ", "SQ", "RQ"):
+                res[metric + key] = 100 * pq_res[name][metric.lower()]
+        return OrderedDict({"panoptic_seg": res})
+
+    def _log_tables(self, pq_res: dict[str, Any]) -> None:
+        rows = [
+            [name] + [100 * pq_res[name][k] for k in ("pq", "sq", "rq")] + [pq_res[name]["n"]]
+            for name in ("All", "Things", "Stuff")
+        ]
+        fmt = {"tablefmt": "pipe", "floatfmt": ".3f", "stralign": "center", "numalign": "center"}
+        table = tabulate(rows, headers=["", "PQ", "SQ", "RQ", "#categories"], **fmt)
+        logger.info("Panoptic Evaluation Results:\n" + table)
+        cats = self._categories
+        per_class = [
+            [cats.names[i], "thing" if cats.isthing[i] else "stuff"]
+            + [100 * pq_res["per_class"][cid][k] for k in ("pq", "sq", "rq")]
+            for i, cid in enumerate(cats.ids.tolist())
+        ]
+        table = tabulate(per_class, headers=["category", "type", "PQ", "SQ", "RQ"], **fmt)
+        logger.info("Per-class panoptic results:\n" + table)
+
+
+# TEST.PANOPTIC_EVALUATOR -> factory(cfg, dataset_name, output_dir).
+PANOPTIC_EVALUATORS = {
+    "fast": lambda cfg, name, out: FastPanopticEvaluator(name, out, cfg.TEST.PQ_WORKERS),
+    "panopticapi": lambda cfg, name, out: COCOPanopticEvaluator(name, out),
+}
+
+
+def build_panoptic_evaluator(
+    cfg: CfgNode, dataset_name: str, output_dir: str | None = None
+) -> DatasetEvaluator:
+    """The panoptic evaluator named by ``cfg.TEST.PANOPTIC_EVALUATOR`` ("fast" | "panopticapi")."""
+    kind = cfg.TEST.PANOPTIC_EVALUATOR
+    if kind not in PANOPTIC_EVALUATORS:
+        raise ValueError(
+            f"TEST.PANOPTIC_EVALUATOR={kind!r}; expected one of {sorted(PANOPTIC_EVALUATORS)}"
+        )
+    return PANOPTIC_EVALUATORS[kind](cfg, dataset_name, output_dir)
