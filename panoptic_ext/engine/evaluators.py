@@ -13,11 +13,12 @@ from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
     COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
+
+from ..evaluation import build_panoptic_evaluator
 
 __all__ = ["build_evaluators", "EVALUATOR_TABLE", "MODEL_OUTPUTS"]
 
@@ -27,7 +28,8 @@ Factory = Callable[[CfgNode, str, str], DatasetEvaluator | None]
 
 
 def _panoptic(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator:
-    return COCOPanopticEvaluator(name, out)
+    # TEST.PANOPTIC_EVALUATOR picks FastPanopticEvaluator ("fast") or COCOPanopticEvaluator.
+    return build_panoptic_evaluator(cfg, name, out)
 
 
 def _instance(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:

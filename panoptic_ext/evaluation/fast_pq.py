@@ -20,16 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from ..data.panoptic_targets import rgb_to_id
+from ..data.panoptic_io import index_map, read_panoptic_png
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +38,6 @@ __all__ = [
     "image_pq_stats",
     "pq_average",
     "pq_compute_fast",
-    "read_panoptic_png",
 ]
 
 # A prediction is a true positive when its IoU with a ground-truth segment exceeds this
@@ -126,35 +123,6 @@ class PQStats:
         return self
 
 
-def _index_map(ids: np.ndarray, segment_ids: np.ndarray, stray: int) -> np.ndarray:
-    """Map an (H, W) id map to positions: 0 = void, 1..K = ``segment_ids`` order, else ``stray``.
-
-    Small ids (the common prediction case) use a lookup table; large COCO-panoptic ids use a
-    binary search over the sorted segment ids (plus void and a sentinel past the end).
-
-    Returns:
-        (H, W) int64 positions.
-    """
-    max_id = int(ids.max()) if ids.size else 0
-    if max_id < max(1 << 16, 4 * ids.size):
-        lut = np.full(max_id + 1, stray, dtype=np.int64)
-        keep = (segment_ids <= max_id) & (segment_ids > 0)
-        lut[segment_ids[keep]] = np.nonzero(keep)[0] + 1
-        lut[0] = 0
-        return lut[ids]
-    # Same dtype on both sides keeps searchsorted fast; the sentinel exceeds every 24-bit id.
-    keys = np.concatenate([[0], segment_ids, [np.iinfo(np.int64).max]]).astype(np.int64)
-    codes = np.concatenate([[0], np.arange(1, len(segment_ids) + 1), [stray]])
-    order = np.argsort(keys, kind="stable")
-    keys, codes = keys[order].astype(ids.dtype, copy=False), codes[order]
-    if ids.dtype != np.int64:
-        keys[-1] = np.iinfo(ids.dtype).max
-    pos = np.searchsorted(keys, ids)
-    out = codes[pos]
-    out[keys[pos] != ids] = stray
-    return out
-
-
 def image_pq_stats(
     gt_ids: np.ndarray,
     gt_segments: Sequence[dict[str, Any]],
@@ -202,8 +170,8 @@ def image_pq_stats(
     crowd = np.array([int(s.get("iscrowd", 0)) == 1 for s in gt_segments], dtype=bool)
 
     # Rows: 0 void, 1..g gt segments, g+1 ids without a gt segment; columns: 0 void, 1..p preds.
-    gi = _index_map(np.asarray(gt_ids), gt_seg_ids, g + 1)
-    pi = _index_map(np.asarray(pred_ids), pred_seg_ids, p + 1)
+    gi = index_map(np.asarray(gt_ids), gt_seg_ids, g + 1)
+    pi = index_map(np.asarray(pred_ids), pred_seg_ids, p + 1)
     if (pi == p + 1).any():
         stray = np.unique(np.asarray(pred_ids)[pi == p + 1]).tolist()
         raise ValueError(
@@ -299,30 +267,6 @@ def pq_average(stats: PQStats, categories: PQCategories, warn: bool = True) -> d
             assert 0.0 <= results[name][k] <= 1.0 + 1e-12, (name, k, results[name][k])
     results["per_class"] = per_class
     return results
-
-
-def read_panoptic_png(path: str) -> np.ndarray:
-    """Read a COCO-panoptic PNG into (H, W) uint32 segment ids (``R + 256 G + 256^2 B``).
-
-    Raises:
-        FileNotFoundError: naming the file when it is missing or cannot be decoded.
-    """
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read panoptic PNG {path}")
-    return bgr_to_id32(bgr)
-
-
-def bgr_to_id32(bgr: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 BGR (OpenCV order) -> (H, W) uint32 ids, equal to :func:`rgb_to_id`.
-
-    The little-endian RGBA bytes of a pixel read as one uint32 are ``R + 256 G + 256^2 B +
-    256^3 A``; masking A out gives the COCO-panoptic id without three int64 temporaries.
-    """
-    if sys.byteorder != "little":
-        return rgb_to_id(bgr[:, :, ::-1])
-    rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
-    return rgba.view(np.uint32)[..., 0] & np.uint32(0xFFFFFF)
 
 
 def _file_pair_stats(args: tuple) -> PQStats:
