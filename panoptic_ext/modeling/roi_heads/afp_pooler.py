@@ -141,20 +141,17 @@ class PerLevelFirstLayerMixin:
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
     ):
-        # A detectron2 checkpoint has one first layer: copy it into every per-level layer.
+        # A detectron2 checkpoint has one first layer: copy each matching tensor into every level.
         if getattr(self, "_per_level", False):
             src = f"{prefix}{self._first_name}."
             levels = getattr(self, f"{self._first_name}_levels")
             own = levels[0].state_dict()
-            keys = [k for k in list(state_dict) if k.startswith(src)]
-            if keys and all(
-                k[len(src) :] in own and own[k[len(src) :]].shape == state_dict[k].shape
-                for k in keys
-            ):
-                for k in keys:
-                    value = state_dict.pop(k)
+            for key in [k for k in state_dict if k.startswith(src)]:
+                name = key[len(src) :]
+                if name in own and own[name].shape == state_dict[key].shape:
+                    value = state_dict.pop(key)
                     for i in range(len(levels)):
-                        state_dict[f"{prefix}{self._first_name}_levels.{i}.{k[len(src) :]}"] = value
+                        state_dict[f"{prefix}{self._first_name}_levels.{i}.{name}"] = value
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing, unexpected, errors
         )

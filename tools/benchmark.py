@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Side-by-side cost of detectron2 / panoptic_ext models built from configs (random init).
+
+For every config: parameters, inference FLOPs (fvcore, one image), median train-step time
+(forward + backward + SGD step on a batch), median inference time (one image) and peak memory
+(CUDA ``max_memory_allocated`` on GPU; on CPU the peak resident-set growth during one train step).
+The configs are measured in one process and their iterations are interleaved, so a shared or
+throttled machine slows them alike; ratios against the first config are printed::
+
+    python tools/benchmark.py \\
+        --config-file configs/Base-RCNN-FPN.yaml::MODEL.MASK_ON=True \\
+        --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_PAFPN_1x.yaml \\
+        --config-file configs/COCO-InstanceSegmentation/panet_R_50_1x.yaml \\
+        --input-size 800x1333 --iters 3 --warmup 1 MODEL.RESNETS.DEPTH 50
+
+``path::KEY=VALUE,KEY=VALUE`` overrides keys of one config; trailing ``KEY VALUE`` pairs apply to
+all. Inputs are random images with random box-shaped instances and random semantic labels. Random
+heads score every class near 1/K, so ``ROI_HEADS.SCORE_THRESH_TEST`` is set to 0 (unless
+``--keep-score-thresh``) to make inference run the mask head on DETECTIONS_PER_IMAGE boxes, as a
+trained model does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from detectron2.config import CfgNode, get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
+from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from panoptic_ext import add_panoptic_ext_config  # noqa: E402
+
+
+@dataclass
+class Bench:
+    """One config under test and its measurements (times in seconds, memory in MiB)."""
+
+    name: str
+    cfg: CfgNode
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_inputs: list[dict]
+    train_times: list[float] = field(default_factory=list)
+    infer_times: list[float] = field(default_factory=list)
+    params: int = 0
+    gflops: float = float("nan")
+    train_mem: float = float("nan")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "800x1333" -> (800, 1333)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"--input-size must look like 800x1333, got {text!r}"
+        ) from e
+    return h, w
+
+
+def build_cfg(spec: str, opts: list[str], device: str, keep_score_thresh: bool) -> CfgNode:
+    """Config from ``path[::KEY=VALUE,...]`` plus global ``opts``; random init on ``device``."""
+    path, _, local = spec.partition("::")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    cfg = get_cfg()
+    add_panoptic_ext_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(opts)
+    for item in filter(None, local.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} in {spec!r} must be KEY=VALUE")
+        cfg.merge_from_list([key, value])
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = device
+    if not keep_score_thresh:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    return cfg
+
+
+def make_inputs(cfg: CfgNode, height: int, width: int, num_images: int, seed: int) -> list[dict]:
+    """Random detectron2 inputs: uint8 image, 8 box-shaped instances, semantic labels (+ void)."""
+    g = torch.Generator().manual_seed(seed)
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    num_sem = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    inputs = []
+    for _ in range(num_images):
+        n = 8
+        wh = torch.rand(n, 2, generator=g) * 0.4 + 0.1
+        xy = torch.rand(n, 2, generator=g) * (1 - wh)
+        scale = torch.tensor([width, height], dtype=torch.float32)
+        boxes = torch.cat([xy * scale, (xy + wh) * scale], dim=1)
+        ys = torch.arange(height)[None, :, None]
+        xs = torch.arange(width)[None, None, :]
+        masks = (
+            (xs >= boxes[:, 0, None, None])
+            & (xs < boxes[:, 2, None, None])
+            & (ys >= boxes[:, 1, None, None])
+            & (ys < boxes[:, 3, None, None])
+        )
+        inst = Instances((height, width))
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g)
+        inst.gt_masks = BitMasks(masks)
+        sem = torch.randint(0, num_sem, (height, width), generator=g)
+        sem[: height // 16] = 255
+        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g)
+        inputs.append(
+            {"image": image, "instances": inst, "sem_seg": sem, "height": height, "width": width}
+        )
+    return inputs
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss_mib(field_name: str) -> float:
+    """VmRSS / VmHWM of this process in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextlib.contextmanager
+def peak_memory(device: str, out: Callable[[float], None]):
+    """Reports the peak memory growth (MiB) of the block: CUDA allocator, or process RSS on CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        yield
+        torch.cuda.synchronize()
+        out((torch.cuda.max_memory_allocated() - before) / 2**20)
+        return
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back so RSS growth is visible
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the VmHWM high-water mark to the current RSS
+    except OSError:
+        yield
+        out(float("nan"))
+        return
+    before = _rss_mib("VmRSS")
+    yield
+    out(_rss_mib("VmHWM") - before)
+
+
+def train_step(bench: Bench, inputs: list[dict]) -> float:
+    bench.model.train()
+    _sync(bench.cfg.MODEL.DEVICE)
+    start = time.perf_counter()
+    with EventStorage():
+        losses = bench.model(inputs)
+    loss = sum(losses.values())
+    bench.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    bench.optimizer.step()
+    _sync(bench.cfg.MODEL.DEVICE)
+    return time.perf_counter() - start
+
+
+def infer_step(bench: Bench, inputs: list[dict]) -> float:
+    bench.model.eval()
+    _sync(bench.cfg.MODEL.DEVICE)
+    start = time.perf_counter()
+    with torch.no_grad():
+        bench.model(inputs)
+    _sync(bench.cfg.MODEL.DEVICE)
+    return time.perf_counter() - start
+
+
+def count_gflops(bench: Bench, inputs: list[dict]) -> float:
+    """Inference GFLOPs (fvcore counts one fused multiply-add as one flop) on one image."""
+    bench.model.eval()
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(bench.model, [{"image": inputs[0]["image"]}])
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return analysis.total() / 1e9
+
+
+def _ratio(value: float, ref: float) -> str:
+    return f"{value / ref:.3f}" if ref and ref == ref and value == value else "-"
+
+
+def format_table(benches: list[Bench]) -> str:
+    """Markdown table: absolute numbers and ratios vs the first config."""
+    ref = benches[0]
+    rows = [
+        "| config | params (M) | GFLOPs inf | train step (s) | inference (s) | train peak mem (MiB)"
+        " | x params | x GFLOPs | x train | x inference | x mem |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in benches:
+        tr, inf = statistics.median(b.train_times), statistics.median(b.infer_times)
+        rtr, rinf = statistics.median(ref.train_times), statistics.median(ref.infer_times)
+        ratios = [
+            _ratio(b.params, ref.params),
+            _ratio(b.gflops, ref.gflops),
+            _ratio(tr, rtr),
+            _ratio(inf, rinf),
+            _ratio(b.train_mem, ref.train_mem),
+        ]
+        rows.append(
+            f"| {b.name} | {b.params / 1e6:.2f} | {b.gflops:.1f} | {tr:.3f} | {inf:.3f} | "
+            f"{b.train_mem:.0f} | " + " | ".join(ratios) + " |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> list[Bench]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config-file", action="append", required=True, metavar="PATH[::K=V,...]")
+    parser.add_argument("--input-size", type=parse_size, default=(800, 1333), metavar="HxW")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per train step")
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations per config")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per config")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (jit trace)")
+    parser.add_argument("--keep-score-thresh", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every config")
+    args = parser.parse_args(argv)
+    if args.iters < 1:
+        parser.error("--iters must be >= 1")
+
+    height, width = args.input_size
+    benches = []
+    for spec in args.config_file:
+        cfg = build_cfg(spec, args.opts, args.device, args.keep_score_thresh)
+        torch.manual_seed(args.seed)
+        model = build_model(cfg)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+        # Same seed: every config sees the same images and boxes (labels sized to its classes).
+        inputs = make_inputs(cfg, height, width, args.batch_size, args.seed)
+        num_params = sum(p.numel() for p in model.parameters())
+        benches.append(Bench(spec, cfg, model, optimizer, inputs, params=num_params))
+    image = benches[0].train_inputs[0]["image"]
+    infer_inputs = [{"image": image, "height": height, "width": width}]
+
+    for _ in range(args.warmup):
+        for b in benches:
+            train_step(b, b.train_inputs)
+            infer_step(b, infer_inputs)
+    for it in range(args.iters):
+        for b in benches:
+            if it == args.iters - 1:
+                with peak_memory(args.device, lambda v, b=b: setattr(b, "train_mem", v)):
+                    b.train_times.append(train_step(b, b.train_inputs))
+            else:
+                b.train_times.append(train_step(b, b.train_inputs))
+            b.infer_times.append(infer_step(b, infer_inputs))
+        print(f"iteration {it + 1}/{args.iters} done", file=sys.stderr, flush=True)
+    if not args.no_flops:
+        for b in benches:
+            b.gflops = count_gflops(b, infer_inputs)
+
+    print(
+        f"device {args.device}, input {height}x{width}, train batch {args.batch_size}, "
+        f"median of {args.iters} iterations after {args.warmup} warm-up, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(format_table(benches))
+    return benches
+
+
+if __name__ == "__main__":
+    main()
