@@ -1,0 +1,289 @@
+"""Check a COCO-panoptic dataset (PNG + JSON + images) before training on it.
+
+:func:`validate_panoptic_dataset` returns every problem it finds, each with the file and the id
+involved, instead of stopping at the first one; ``tools/validate_dataset.py`` prints them and
+exits non-zero on errors. Problem codes (``Problem.code``):
+
+========================  =======  ===================================================
+code                      level    meaning
+========================  =======  ===================================================
+json_unreadable           error    the JSON cannot be read / lacks a top-level key
+duplicate_category_id     error    two categories share an ``id``
+missing_isthing           error    a category has no ``isthing`` (or not 0/1)
+reserved_category_id      error    category id 0 (void / detectron2's merged things)
+duplicate_image_id        error    two ``images`` entries share an ``id``
+unknown_image_id          error    an annotation names an image id not in ``images``
+duplicate_annotation      error    two annotations for the same image
+no_annotation             warning  an image has no annotation
+missing_image             error    image file does not exist
+unreadable_image          error    image file cannot be decoded
+size_mismatch             error    image / PNG size differs from ``images`` height/width
+missing_png               error    panoptic PNG does not exist
+unreadable_png            error    panoptic PNG cannot be decoded
+duplicate_segment_id      error    ``segments_info`` repeats an id
+void_segment_id           error    a segment has id 0 (void in the PNG encoding)
+unknown_category          error    a segment's ``category_id`` is not in ``categories``
+unlabeled_png_id          error    the PNG holds an id that has no segment
+empty_segment             error    a segment has no pixel in the PNG
+area_mismatch             error    ``area`` differs from the PNG's pixel count
+bbox_mismatch             error    ``bbox`` differs from the PNG's extent
+missing_area              warning  a segment has no ``area`` (PQ evaluation needs it)
+multiple_crowd            warning  >1 crowd segment of one category in an image
+                                   (panopticapi only uses the last one)
+class_count_mismatch      error    a model config's class count disagrees with the data
+========================  =======  ===================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .panoptic_io import index_map, read_panoptic_png
+
+__all__ = ["Problem", "validate_panoptic_dataset", "check_config_class_counts", "segment_boxes"]
+
+ERROR, WARNING = "error", "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: ``level`` "error" | "warning", a ``code`` from the module table, the file
+    and the id (image / segment / category) it concerns, and a readable message."""
+
+    level: str
+    code: str
+    file: str
+    id: Any
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level.upper()} [{self.code}] {self.file} (id {self.id}): {self.message}"
+
+
+def segment_boxes(index: np.ndarray, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel counts and XYWH boxes of segments 1..K of an index map (0 = void).
+
+    Args:
+        index: (H, W) int positions as returned by :func:`~panoptic_ext.data.panoptic_io.index_map`;
+            values above ``num_segments`` are ignored.
+    Returns:
+        areas: (K,) int64; boxes: (K, 4) int64 ``[x0, y0, w, h]`` (zeros for empty segments).
+    """
+    h, w = index.shape
+    k = num_segments + 2  # + void + stray
+    idx = np.minimum(index, k - 1)
+    areas = np.bincount(idx.ravel(), minlength=k)[1 : num_segments + 1]
+    rows = np.zeros((k, h), dtype=bool)
+    cols = np.zeros((k, w), dtype=bool)
+    rows[idx, np.arange(h)[:, None]] = True
+    cols[idx, np.arange(w)[None, :]] = True
+    rows, cols = rows[1 : num_segments + 1], cols[1 : num_segments + 1]
+    y0, x0 = rows.argmax(1), cols.argmax(1)
+    y1, x1 = h - 1 - rows[:, ::-1].argmax(1), w - 1 - cols[:, ::-1].argmax(1)
+    boxes = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1)
+    boxes[areas == 0] = 0
+    return areas.astype(np.int64), boxes.astype(np.int64)
+
+
+def _check_categories(categories: list[dict], json_file: str) -> list[Problem]:
+    problems = []
+    counts = Counter(c.get("id") for c in categories)
+    for cat_id, n in counts.items():
+        if n > 1:
+            msg = f"category id appears {n} times"
+            problems.append(Problem(ERROR, "duplicate_category_id", json_file, cat_id, msg))
+    for c in categories:
+        if c.get("isthing") not in (0, 1, True, False):
+            msg = f"category {c.get('name')!r} has isthing={c.get('isthing')!r}; need 0 or 1"
+            problems.append(Problem(ERROR, "missing_isthing", json_file, c.get("id"), msg))
+        if c.get("id") == 0:
+            msg = "category id 0 is reserved (void, and detectron2's merged things class)"
+            problems.append(Problem(ERROR, "reserved_category_id", json_file, 0, msg))
+    return problems
+
+
+def _check_image(path: str, height: int | None, width: int | None, image_id: Any) -> list[Problem]:
+    if not os.path.isfile(path):
+        return [Problem(ERROR, "missing_image", path, image_id, "image file does not exist")]
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            img.verify()  # decodes the stream structure without keeping pixels
+    except Exception as e:  # PIL raises many types for corrupt files
+        return [Problem(ERROR, "unreadable_image", path, image_id, f"cannot decode: {e}")]
+    if height is not None and width is not None and size != (width, height):
+        msg = f"image is {size[0]}x{size[1]}, JSON says {width}x{height}"
+        return [Problem(ERROR, "size_mismatch", path, image_id, msg)]
+    return []
+
+
+def _check_annotation(
+    ann: dict, png: str, categories: set[int], size: tuple[int, int] | None
+) -> list[Problem]:
+    """Check one annotation against its PNG (``size`` = (height, width) from ``images``)."""
+    problems = []
+    segments = ann.get("segments_info", [])
+    seg_ids = [int(s.get("id", 0)) for s in segments]
+    duplicated = {sid for sid, n in Counter(seg_ids).items() if n > 1}
+    for sid, n in Counter(seg_ids).items():
+        if n > 1:
+            msg = f"segment id appears {n} times in segments_info"
+            problems.append(Problem(ERROR, "duplicate_segment_id", png, sid, msg))
+    crowd_cats = Counter()
+    for s in segments:
+        sid = s.get("id", 0)
+        if sid == 0:
+            msg = "segment id 0 is void in the PNG encoding"
+            problems.append(Problem(ERROR, "void_segment_id", png, sid, msg))
+        if s.get("category_id") not in categories:
+            msg = f"category_id {s.get('category_id')} is not in categories"
+            problems.append(Problem(ERROR, "unknown_category", png, sid, msg))
+        if s.get("iscrowd", 0) == 1:
+            crowd_cats[s.get("category_id")] += 1
+    for cat, n in crowd_cats.items():
+        if n > 1:
+            msg = f"{n} crowd segments of category {cat}; merge them (panopticapi uses the last)"
+            problems.append(Problem(WARNING, "multiple_crowd", png, cat, msg))
+    if not os.path.isfile(png):
+        return problems + [Problem(ERROR, "missing_png", png, ann.get("image_id"), "PNG missing")]
+    try:
+        ids = read_panoptic_png(png)
+    except FileNotFoundError as e:
+        return problems + [Problem(ERROR, "unreadable_png", png, ann.get("image_id"), str(e))]
+    if size is not None and ids.shape != tuple(size):
+        msg = f"PNG is {ids.shape[1]}x{ids.shape[0]}, image is {size[1]}x{size[0]}"
+        problems.append(Problem(ERROR, "size_mismatch", png, ann.get("image_id"), msg))
+    index = index_map(ids, seg_ids, len(seg_ids) + 1)
+    stray = np.unique(ids[index == len(seg_ids) + 1])
+    for sid in stray.tolist():
+        msg = f"{int((ids == sid).sum())} pixels have an id with no segment (RGB {_rgb(sid)})"
+        problems.append(Problem(ERROR, "unlabeled_png_id", png, sid, msg))
+    areas, boxes = segment_boxes(index, len(seg_ids))
+    for i, s in enumerate(segments):
+        sid = seg_ids[i]
+        if sid in duplicated:  # pixels cannot be attributed: already reported
+            continue
+        if areas[i] == 0:
+            problems.append(Problem(ERROR, "empty_segment", png, sid, "no pixel in the PNG"))
+            continue
+        if "area" not in s:
+            problems.append(Problem(WARNING, "missing_area", png, sid, "segment has no 'area'"))
+        elif int(s["area"]) != areas[i]:
+            msg = f"area {s['area']} but the PNG has {areas[i]} pixels"
+            problems.append(Problem(ERROR, "area_mismatch", png, sid, msg))
+        if "bbox" in s and [int(round(v)) for v in s["bbox"]] != boxes[i].tolist():
+            msg = f"bbox {s['bbox']} but the PNG extent is {boxes[i].tolist()}"
+            problems.append(Problem(ERROR, "bbox_mismatch", png, sid, msg))
+    return problems
+
+
+def _rgb(segment_id: int) -> tuple[int, int, int]:
+    return (segment_id % 256, segment_id // 256 % 256, segment_id // 65536)
+
+
+def validate_panoptic_dataset(
+    panoptic_json: str,
+    image_root: str | None,
+    panoptic_root: str,
+    check_images: bool = True,
+    workers: int = 1,
+) -> list[Problem]:
+    """Every problem of a COCO-panoptic dataset (see the module docstring for the codes).
+
+    Args:
+        panoptic_json: the COCO-panoptic JSON.
+        image_root: folder of ``images[*].file_name``; None skips the image checks.
+        panoptic_root: folder of ``annotations[*].file_name``.
+        check_images: open every image (header + stream check); off for a PNG/JSON-only check.
+        workers: threads reading files.
+    Returns:
+        the problems, errors and warnings, in file order.
+    """
+    try:
+        with open(panoptic_json) as f:
+            data = json.load(f)
+        images, annotations, categories = data["images"], data["annotations"], data["categories"]
+    except (OSError, ValueError, KeyError) as e:
+        return [Problem(ERROR, "json_unreadable", panoptic_json, None, f"{type(e).__name__}: {e}")]
+    problems = _check_categories(categories, panoptic_json)
+    category_ids = {c.get("id") for c in categories}
+
+    image_by_id: dict[Any, dict] = {}
+    for img in images:
+        if img.get("id") in image_by_id:
+            msg = f"image id repeated ({img.get('file_name')})"
+            problems.append(Problem(ERROR, "duplicate_image_id", panoptic_json, img.get("id"), msg))
+        image_by_id[img.get("id")] = img
+    annotated: Counter = Counter(a.get("image_id") for a in annotations)
+    for image_id, n in annotated.items():
+        if image_id not in image_by_id:
+            msg = "annotation names an image id that is not in 'images'"
+            problems.append(Problem(ERROR, "unknown_image_id", panoptic_json, image_id, msg))
+        if n > 1:
+            msg = f"{n} annotations for one image"
+            problems.append(Problem(ERROR, "duplicate_annotation", panoptic_json, image_id, msg))
+    for image_id, img in image_by_id.items():
+        if image_id not in annotated:
+            msg = f"image {img.get('file_name')} has no annotation"
+            problems.append(Problem(WARNING, "no_annotation", panoptic_json, image_id, msg))
+
+    def check(ann: dict) -> list[Problem]:
+        img = image_by_id.get(ann.get("image_id"), {})
+        size = (img["height"], img["width"]) if "height" in img and "width" in img else None
+        found = []
+        if check_images and image_root is not None and img:
+            path = os.path.join(image_root, img["file_name"])
+            found += _check_image(path, img.get("height"), img.get("width"), img.get("id"))
+        png = os.path.join(panoptic_root, ann.get("file_name", ""))
+        return found + _check_annotation(ann, png, category_ids, size)
+
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            per_annotation = list(pool.map(check, annotations))
+    else:
+        per_annotation = [check(a) for a in annotations]
+    for found in per_annotation:
+        problems += found
+    return problems
+
+
+def check_config_class_counts(cfg: Any, categories: Sequence[dict]) -> list[Problem]:
+    """Class counts in a model config (``MODEL.ROI_HEADS.NUM_CLASSES``,
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` per ``INPUT.SEM_SEG_FORMAT``) against the categories.
+
+    The dataset is registered under a temporary name so the trainer's own rule
+    (:func:`panoptic_ext.engine.checks.expected_class_counts`) decides what is expected.
+    """
+    from detectron2.data import MetadataCatalog
+
+    from ..engine.checks import expected_class_counts
+    from .datasets.register import metadata_from_categories
+
+    name = "__panoptic_ext_validate__"
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    try:
+        MetadataCatalog.get(name).set(**metadata_from_categories(list(categories)))
+    except ValueError:
+        return []  # the category problems are already reported by validate_panoptic_dataset
+    problems = []
+    try:
+        for key, want in expected_class_counts(cfg, name).items():
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            if node != want:
+                msg = f"config has {key} = {node}, the dataset's categories imply {want}"
+                problems.append(Problem(ERROR, "class_count_mismatch", "config", key, msg))
+    finally:
+        MetadataCatalog.remove(name)
+    return problems
