@@ -8,6 +8,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
 
 from .. import config as ext_config  # module import: panoptic_ext.config imports this package
+from ..checkpoint import enable_deterministic_mode
 from ..data.datasets import register_synthetic_datasets
 from .trainer import Trainer
 
@@ -34,6 +35,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         synthetic.IMAGE_SIZE, synthetic.NUM_TRAIN, synthetic.NUM_VAL, synthetic.SEED
     )
     default_setup(cfg, args)
+    enable_deterministic_mode(cfg)  # no-op unless cfg.DETERMINISTIC
     return cfg
 
 

@@ -6,7 +6,7 @@ import weakref
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
@@ -14,6 +14,12 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from ..checkpoint import (
+    ExactResumeHook,
+    NanGuardHook,
+    SafeCheckpointer,
+    build_resumable_train_loader,
+)
 from ..data import PanopticDatasetMapper
 from .checks import check_class_counts
 from .evaluators import build_evaluators
@@ -59,8 +65,11 @@ class Trainer(DefaultTrainer):
     def build_checkpointer(
         cls, cfg: CfgNode, model: nn.Module, **checkpointables
     ) -> DetectionCheckpointer:
-        """The checkpointer used for training, resuming and ``--eval-only`` loading."""
-        return DetectionCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
+        """The checkpointer used for training, resuming and ``--eval-only`` loading.
+
+        Safe loading (no code from pickles), atomic saves, fallback to the previous checkpoint.
+        """
+        return SafeCheckpointer.from_config(cfg, model, cfg.OUTPUT_DIR, **checkpointables)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
@@ -69,7 +78,15 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=PanopticDatasetMapper(cfg, is_train=True))
+        # Resumes at the interrupted data position; checks label ranges of every sample.
+        return build_resumable_train_loader(cfg, mapper=PanopticDatasetMapper(cfg, is_train=True))
+
+    def build_hooks(self):
+        # Exact resume (RNG states, per-iteration seeding) and a NaN guard that names the loss.
+        return super().build_hooks() + [
+            ExactResumeHook(self.cfg.SEED, self.cfg.DETERMINISTIC),
+            NanGuardHook(),
+        ]
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
