@@ -1,5 +1,6 @@
 """Dataset registration: the built-in synthetic set and any COCO-panoptic dataset."""
 
+from .builtin import register_builtin_panoptic_datasets
 from .register import load_panoptic_json, metadata_from_categories, register_panoptic_dataset
 from .synthetic import register_synthetic_datasets
 
@@ -8,6 +9,7 @@ from .synthetic import register_synthetic_datasets
 register_synthetic_datasets()
 
 __all__ = [
+    "register_builtin_panoptic_datasets",
     "load_panoptic_json",
     "metadata_from_categories",
     "register_panoptic_dataset",

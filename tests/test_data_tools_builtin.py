@@ -1,0 +1,44 @@
+"""Builtin COCO / Cityscapes panoptic names register from files under DETECTRON2_DATASETS."""
+
+import os
+import shutil
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from panoptic_ext.data.datasets.builtin import register_builtin_panoptic_datasets
+from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
+
+
+def test_builtin_names_register_when_files_exist(tmp_path):
+    src = str(tmp_path / "src")
+    generate_split(src, "val", SyntheticSpec(image_size=32, num_images=3, seed=1))
+    root = tmp_path / "datasets"
+    assert register_builtin_panoptic_datasets(str(root)) == []  # nothing on disk yet
+
+    # COCO layout, with the optional things-as-one PNGs.
+    shutil.copytree(f"{src}/val", root / "coco/val2017")
+    shutil.copytree(f"{src}/panoptic_val", root / "coco/panoptic_val2017")
+    shutil.copytree(f"{src}/panoptic_semseg_val", root / "coco/panoptic_stuff_val2017")
+    os.makedirs(root / "coco/annotations")
+    shutil.copy(f"{src}/panoptic_val.json", root / "coco/annotations/panoptic_val2017.json")
+    # Cityscapes layout: images in per-city folders (the city is the file name's prefix).
+    gt = root / "cityscapes/gtFine"
+    shutil.copytree(f"{src}/val", root / "cityscapes/leftImg8bit/val/val")
+    shutil.copytree(f"{src}/panoptic_val", gt / "cityscapes_panoptic_val")
+    shutil.copy(f"{src}/panoptic_val.json", gt / "cityscapes_panoptic_val.json")
+
+    names = register_builtin_panoptic_datasets(str(root))
+    assert names == ["coco_2017_val_panoptic_ext", "cityscapes_fine_panoptic_val_ext"]
+    for name in names:
+        assert name not in ("coco_2017_val_panoptic", "cityscapes_fine_panoptic_val")
+        records = DatasetCatalog.get(name)
+        assert len(records) == 3
+        for r in records:
+            assert os.path.isfile(r["file_name"]) and os.path.isfile(r["pan_seg_file_name"])
+        meta = MetadataCatalog.get(name)
+        assert meta.thing_classes == ["disk", "box", "triangle"]
+        assert meta.stuff_classes == ["things", "sky", "wall", "ground"]
+        assert meta.evaluator_type == "coco_panoptic_seg"
+    coco = DatasetCatalog.get("coco_2017_val_panoptic_ext")
+    assert all(os.path.isfile(r["sem_seg_file_name"]) for r in coco)
+    assert MetadataCatalog.get("cityscapes_fine_panoptic_val_ext").get("sem_seg_root") is None
