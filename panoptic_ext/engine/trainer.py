@@ -61,6 +61,11 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def train(self):
+        """Train, then return the last evaluation results (empty dict if none ran)."""
+        super().train()
+        return getattr(self, "_last_eval_results", {})
+
     @classmethod
     def build_checkpointer(
         cls, cfg: CfgNode, model: nn.Module, **checkpointables

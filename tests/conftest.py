@@ -1,0 +1,12 @@
+"""Shared pytest set-up: synthetic data in a per-session cache, CPU threads, quiet logs."""
+
+import os
+import tempfile
+
+import torch
+
+# Generated datasets go to a throw-away folder unless the caller chose one (CI passes its own).
+os.environ.setdefault(
+    "DETECTRON2_DATASETS", os.path.join(tempfile.gettempdir(), "panoptic_ext_test_data")
+)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

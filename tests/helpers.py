@@ -1,0 +1,72 @@
+"""Small helpers for the tests: configs, tiny models and batches built from the synthetic set."""
+
+import os
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+
+import panoptic_ext
+from panoptic_ext.data import PanopticDatasetMapper
+from panoptic_ext.data.datasets import register_synthetic_datasets
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+# Tiny synthetic split used by unit tests (the quick schedules use the default sizes).
+TINY = {"image_size": 64, "num_train": 8, "num_val": 4, "seed": 0}
+# Overrides that shrink any synthetic quick schedule to a few-second model.
+TINY_OPTS = [
+    "DATASETS.SYNTHETIC.IMAGE_SIZE",
+    64,
+    "DATASETS.SYNTHETIC.NUM_TRAIN",
+    8,
+    "DATASETS.SYNTHETIC.NUM_VAL",
+    4,
+    "INPUT.MIN_SIZE_TRAIN",
+    (64,),
+    "INPUT.MAX_SIZE_TRAIN",
+    64,
+    "INPUT.MIN_SIZE_TEST",
+    64,
+    "INPUT.MAX_SIZE_TEST",
+    64,
+    "SOLVER.IMS_PER_BATCH",
+    2,
+    "DATALOADER.NUM_WORKERS",
+    0,
+    "MODEL.DEVICE",
+    "cpu",
+]
+
+
+def config_path(name: str) -> str:
+    return os.path.join(CONFIGS, name)
+
+
+def load_cfg(name: str, *opts) -> CfgNode:
+    """A mutable cfg from a repo config (relative to configs/) with ``opts`` merged, on CPU."""
+    cfg = get_cfg()
+    panoptic_ext.add_panoptic_ext_config(cfg)
+    cfg.merge_from_file(config_path(name))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg
+
+
+def register_tiny() -> None:
+    """Register the synthetic datasets at the tiny size (idempotent)."""
+    register_synthetic_datasets(**TINY)
+
+
+def tiny_batch(cfg: CfgNode, indices=(0, 1), is_train: bool = True) -> list[dict]:
+    """Mapped inputs of synthetic train images ``indices`` (image 0 has no things)."""
+    register_tiny()
+    dicts = DatasetCatalog.get("synthetic_panoptic_train")
+    mapper = PanopticDatasetMapper(cfg, is_train=is_train)
+    return [mapper(dicts[i]) for i in indices]
+
+
+def build_tiny_model(cfg: CfgNode) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(cfg)
