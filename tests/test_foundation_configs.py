@@ -69,9 +69,8 @@ def test_adder_only_adds_and_is_idempotent():
 
 def test_unknown_config_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        f'_BASE_: "{CONFIGS}/quick_schedules/panoptic_fpn_synthetic.yaml"\nMODEL:\n  SEM_SEG_HEAD:\n    NUM_CLASES: 4\n'
-    )
+    base = f"{CONFIGS}/quick_schedules/panoptic_fpn_synthetic.yaml"
+    bad.write_text(f'_BASE_: "{base}"\nMODEL:\n  SEM_SEG_HEAD:\n    NUM_CLASES: 4\n')
     cfg = panoptic_ext.add_panoptic_ext_config(get_cfg())
     with pytest.raises(KeyError, match="MODEL.SEM_SEG_HEAD.NUM_CLASES"):
         cfg.merge_from_file(str(bad))
