@@ -126,8 +126,9 @@ class FastPanopticEvaluator(DatasetEvaluator):
         """
         for inp, output in zip(inputs, outputs):
             panoptic_img, segments_info = output["panoptic_seg"]
+            # .copy(): the id map must not change while a worker thread reads it.
             pred, segments = self._prediction_segments(
-                panoptic_img.cpu().numpy().astype(np.int64), segments_info
+                panoptic_img.cpu().numpy().copy(), segments_info
             )
             gt_ann = self._gt.get(inp["image_id"])
             if gt_ann is None:
