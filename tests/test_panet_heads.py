@@ -244,3 +244,11 @@ def test_detectron2_state_dict_initialises_shared_modules():
             state[f"roi_heads.mask_head.mask_fcn1_levels.{level}.weight"],
             source["roi_heads.mask_head.mask_fcn1.weight"],
         )
+
+
+def test_afp_rejects_heads_that_cannot_fuse_levels():
+    shapes = {k: ShapeSpec(channels=64, stride=s) for k, s in STRIDES.items()}
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.NAME is 'FastRCNNConvFCHead'"):
+        build_roi_heads(_panet_cfg("MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"), shapes)
+    with pytest.raises(ValueError, match="MODEL.ROI_MASK_HEAD.POOLER_TYPE"):
+        build_roi_heads(_panet_cfg("MODEL.ROI_MASK_HEAD.POOLER_TYPE", ""), shapes)

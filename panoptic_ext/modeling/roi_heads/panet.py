@@ -23,7 +23,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from ...config_utils import add_keys
-from .afp_pooler import AdaptiveFeaturePooler
+from .afp_pooler import AdaptiveFeaturePooler, PerLevelFirstLayerMixin
 from .panet_box_head import PANetBoxHead
 from .panet_mask_head import PANetMaskHead
 
@@ -52,6 +52,15 @@ def add_panet_config(cfg: CfgNode) -> None:
     )
 
 
+def _check_afp_head(head: object, key: str, name: str) -> None:
+    """AFP feeds (L, M, C, R, R) stacks: only heads with a per-level first layer accept them."""
+    if not isinstance(head, PerLevelFirstLayerMixin):
+        raise ValueError(
+            f"MODEL.PANET.AFP needs a PANet head (PANetBoxHead / PANetMaskHead) but {key} is "
+            f"{name!r}; set MODEL.PANET.AFP False to use it with PANetROIHeads"
+        )
+
+
 @ROI_HEADS_REGISTRY.register()
 class PANetROIHeads(StandardROIHeads):
     """``StandardROIHeads`` with adaptive feature pooling for the box and mask branches.
@@ -66,17 +75,22 @@ class PANetROIHeads(StandardROIHeads):
     def _init_box_head(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         ret = super()._init_box_head(cfg, input_shape)
         if cfg.MODEL.PANET.AFP:
+            _check_afp_head(ret["box_head"], "MODEL.ROI_BOX_HEAD.NAME", cfg.MODEL.ROI_BOX_HEAD.NAME)
             ret["box_pooler"] = AdaptiveFeaturePooler.from_roi_pooler(ret["box_pooler"])
         return ret
 
     @classmethod
     def _init_mask_head(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
+        afp = cfg.MODEL.MASK_ON and cfg.MODEL.PANET.AFP
+        if afp and not cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE:
+            raise ValueError(
+                "MODEL.PANET.AFP needs a mask pooler: set MODEL.ROI_MASK_HEAD.POOLER_TYPE "
+                "(e.g. 'ROIAlignV2'), got ''"
+            )
         ret = super()._init_mask_head(cfg, input_shape)
-        if cfg.MODEL.MASK_ON and cfg.MODEL.PANET.AFP:
-            if ret["mask_pooler"] is None:
-                raise ValueError(
-                    "MODEL.PANET.AFP needs a mask pooler: set MODEL.ROI_MASK_HEAD.POOLER_TYPE "
-                    "(e.g. 'ROIAlignV2'), got ''"
-                )
+        if afp:
+            _check_afp_head(
+                ret["mask_head"], "MODEL.ROI_MASK_HEAD.NAME", cfg.MODEL.ROI_MASK_HEAD.NAME
+            )
             ret["mask_pooler"] = AdaptiveFeaturePooler.from_roi_pooler(ret["mask_pooler"])
         return ret
