@@ -5,6 +5,7 @@ int64 temporaries and sorts of the straightforward implementations.
 """
 
 import sys
+import threading
 from collections.abc import Sequence
 
 import cv2
@@ -39,28 +40,58 @@ def bgr_to_id32(bgr: np.ndarray) -> np.ndarray:
     return rgba.view(np.uint32)[..., 0] & np.uint32(0xFFFFFF)
 
 
+# COCO-panoptic ids are 24-bit RGB colours: a lookup table over all of them costs 16 MB of
+# mostly untouched (zero-page) memory per thread, and one gather maps a whole image.
+_ID_BITS = 24
+_TABLES = threading.local()
+
+
+def _lookup_table(dtype: type) -> np.ndarray:
+    """This thread's all-zero table of 2^24 entries (zeros again after every use)."""
+    name = np.dtype(dtype).name
+    table = getattr(_TABLES, name, None)
+    if table is None:
+        table = np.zeros(1 << _ID_BITS, dtype=dtype)
+        setattr(_TABLES, name, table)
+    return table
+
+
 def index_map(ids: np.ndarray, segment_ids: Sequence[int], stray: int) -> np.ndarray:
     """Map an (H, W) id map to positions: 0 = void, 1..K = ``segment_ids`` order, else ``stray``.
 
     Unlike ``panoptic_targets.segment_index_map`` this never raises: ids without a segment get
-    ``stray`` so that callers can count or report them. Small ids (the common prediction case)
-    use a lookup table; large COCO-panoptic ids a binary search over the sorted segment ids
-    (plus void and a sentinel past the end).
+    ``stray`` so that callers can count or report them. Ids in [0, 2^24) (every PNG id) go
+    through one gather in a per-thread lookup table; other ids through a binary search.
 
+    Args:
+        ids: (H, W) integer ids.
+        segment_ids: (K,) segment ids; a repeated id maps to its last position.
+        stray: code of ids that are neither 0 nor in ``segment_ids``.
     Returns:
         (H, W) int64 positions.
     """
     segment_ids = np.asarray(segment_ids, dtype=np.int64)
-    max_id = int(ids.max()) if ids.size else 0
-    if max_id < max(1 << 16, 4 * ids.size):
-        lut = np.full(max_id + 1, stray, dtype=np.int64)
-        keep = (segment_ids <= max_id) & (segment_ids > 0)
-        lut[segment_ids[keep]] = np.nonzero(keep)[0] + 1
-        lut[0] = 0
-        return lut[ids]
-    # Same dtype on both sides keeps searchsorted fast; the sentinel exceeds every 24-bit id.
+    k = len(segment_ids)
+    if ids.size == 0:
+        return np.zeros(ids.shape, np.int64)
+    in_range = int(ids.max()) < 1 << _ID_BITS and (ids.dtype.kind == "u" or int(ids.min()) >= 0)
+    if in_range and k + 2 < 1 << 16:
+        table = _lookup_table(np.uint8 if k + 2 < 1 << 8 else np.uint16)
+        keep = (segment_ids > 0) & (segment_ids < 1 << _ID_BITS)
+        # Table codes: 0 = unknown id, 1 = void, 2..K+1 = segments.
+        table[segment_ids[keep]] = np.nonzero(keep)[0] + 2
+        table[0] = 1
+        try:
+            raw = np.take(table, ids)
+        finally:
+            table[segment_ids[keep]] = 0
+            table[0] = 0
+        decode = np.arange(-1, k + 1, dtype=np.int64)  # table code c -> position c - 1
+        decode[0] = stray
+        return np.take(decode, raw)
+    # Same dtype on both sides keeps searchsorted fast; the sentinel exceeds every id.
     keys = np.concatenate([[0], segment_ids, [np.iinfo(np.int64).max]]).astype(np.int64)
-    codes = np.concatenate([[0], np.arange(1, len(segment_ids) + 1), [stray]])
+    codes = np.concatenate([[0], np.arange(1, k + 1), [stray]])
     order = np.argsort(keys, kind="stable")
     keys, codes = keys[order].astype(ids.dtype, copy=False), codes[order]
     if ids.dtype != np.int64:
