@@ -156,5 +156,18 @@ def test_config_class_count_mismatch_fails(clean, run_tool):
 
 def test_index_map_reports_stray_ids():
     ids = np.array([[0, 70000, 5], [5, 123456, 0]], np.uint32)
-    assert index_map(ids, [5, 123456], 9).tolist() == [[0, 9, 1], [1, 2, 0]]
-    assert index_map(ids[:, 2:], [5], 9).tolist() == [[1], [0]]
+    expected = [[0, 9, 1], [1, 2, 0]]
+    assert index_map(ids, [5, 123456], 9).tolist() == expected  # lookup table
+    assert (
+        index_map(
+            ids.astype(np.int64) + (1 << 24) * (ids > 0), [5 + (1 << 24), 123456 + (1 << 24)], 9
+        ).tolist()
+        == expected
+    )  # binary search
+    assert index_map(np.array([[-1, 3]]), [3], 9).tolist() == [[9, 1]]  # negative: binary search
+    many = np.arange(300, dtype=np.uint32).reshape(15, 20)  # > 254 segments: 16-bit table
+    assert (
+        index_map(many, np.arange(1, 300)[::-1], 999) == np.where(many > 0, 300 - many, 0)
+    ).all()
+    # The per-thread tables are clean again: an id known before is unknown now.
+    assert index_map(ids, [5], 9).tolist() == [[0, 9, 1], [1, 9, 0]]
