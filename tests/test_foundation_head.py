@@ -82,3 +82,21 @@ def test_nearest_upsampling_option():
 def test_bad_conv_type_is_named():
     with pytest.raises(ValueError, match="CONV_TYPE.*'dw'"):
         SemanticFPNHead(_cfg(CONV_TYPE="dw"), SHAPES)
+
+
+def test_fused_upsampling_equals_detectron2_with_same_weights():
+    cfg = _cfg(FUSED_UPSAMPLE=True)
+    torch.manual_seed(0)
+    ref = SemSegFPNHead(cfg, SHAPES)
+    fused = SemanticFPNHead(cfg, SHAPES)
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    feats = _features()
+    ref.eval(), fused.eval()
+    with torch.no_grad():
+        a, b = ref(feats)[0], fused(feats)[0]
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(a, torch.zeros_like(a))
+    fused.train()
+    targets = torch.randint(0, 7, (2, 64, 64))
+    fused(feats, targets)[1]["loss_sem_seg"].backward()
+    assert all(p.grad is not None for p in fused.parameters())

@@ -4,7 +4,9 @@ Per FPN level a stack of [3x3 conv + norm + ReLU + 2x upsample] brings the featu
 stride (1/4); the levels are summed, a 1x1 conv predicts the classes and the logits are upsampled
 by the common stride. With ``MODEL.SEMANTIC_FPN.CONV_TYPE: "standard"`` the module names and
 outputs are those of detectron2's ``SemSegFPNHead``, so model-zoo ``sem_seg_head.*`` weights load
-unchanged. ``"separable"`` replaces every 3x3 conv by a depthwise 3x3 + pointwise 1x1 pair: most
+unchanged. ``FUSED_UPSAMPLE`` computes the same function with one large interpolation instead of
+one per coarse level (bilinear upsampling is linear, so the sum can be upsampled once).
+``"separable"`` replaces every 3x3 conv by a depthwise 3x3 + pointwise 1x1 pair: most
 of the head's FLOPs are 3x3 convs at 1/4 resolution, and the separable form needs ~8x fewer.
 """
 
@@ -35,6 +37,9 @@ def add_semantic_fpn_config(cfg: CfgNode) -> None:
             "CONV_TYPE": "standard",
             # Interpolation of the 2x steps and the final upsampling: "bilinear" or "nearest".
             "UPSAMPLE_MODE": "bilinear",
+            # Sum the levels that end with the same 2x step to the common stride and upsample that
+            # sum once (upsampling is linear: same result up to float rounding, less work).
+            "FUSED_UPSAMPLE": False,
         },
     )
 
@@ -105,6 +110,7 @@ class SemanticFPNHead(nn.Module):
         ignore_value: int = 255,
         conv_type: str = "standard",
         upsample_mode: str = "bilinear",
+        fused_upsample: bool = False,
     ):
         """
         Args:
@@ -117,6 +123,7 @@ class SemanticFPNHead(nn.Module):
             ignore_value: target label excluded from the loss.
             conv_type: "standard" or "separable" (see module docstring).
             upsample_mode: "bilinear" (detectron2's) or "nearest".
+            fused_upsample: share the last 2x upsampling between levels (see config comment).
         """
         super().__init__()
         shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
@@ -127,6 +134,7 @@ class SemanticFPNHead(nn.Module):
         self.common_stride = common_stride
         self.loss_weight = loss_weight
         self.upsample_mode = upsample_mode
+        self.fused_upsample = fused_upsample
         self.scale_heads = []
         for name, shape in shapes:
             if shape.stride < common_stride:
@@ -165,13 +173,27 @@ class SemanticFPNHead(nn.Module):
             "ignore_value": head.IGNORE_VALUE,
             "conv_type": cfg.MODEL.SEMANTIC_FPN.CONV_TYPE,
             "upsample_mode": cfg.MODEL.SEMANTIC_FPN.UPSAMPLE_MODE,
+            "fused_upsample": cfg.MODEL.SEMANTIC_FPN.FUSED_UPSAMPLE,
         }
 
     def layers(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """(N, num_classes, H/common_stride, W/common_stride) logits."""
-        x = self.scale_heads[0](features[self.in_features[0]])
-        for name, head in zip(self.in_features[1:], self.scale_heads[1:]):
-            x = x + head(features[name])
+        if not self.fused_upsample:
+            x = self.scale_heads[0](features[self.in_features[0]])
+            for name, head in zip(self.in_features[1:], self.scale_heads[1:]):
+                x = x + head(features[name])
+            return self.predictor(x)
+        # Every level coarser than the common stride ends with the same 2x step from
+        # 2 * common_stride: sum those levels first, then upsample once.
+        fine, coarse = [], []
+        for name, head in zip(self.in_features, self.scale_heads):
+            if isinstance(head[-1], _Upsample):
+                coarse.append(head[:-1](features[name]))
+            else:
+                fine.append(head(features[name]))
+        x = sum(fine) if fine else 0
+        if coarse:
+            x = x + _interpolate(sum(coarse), 2, self.upsample_mode)
         return self.predictor(x)
 
     def forward(
