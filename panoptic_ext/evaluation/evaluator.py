@@ -150,6 +150,9 @@ class FastPanopticEvaluator(DatasetEvaluator):
 
     def evaluate(self) -> OrderedDict | None:
         self._drain()
+        if self._pool is not None:  # threads end here; reset() starts new ones
+            self._pool.shutdown()
+            self._pool = None
         gathered = comm.gather((self._stats, self._num_images), dst=0)
         if not comm.is_main_process():
             return None
