@@ -1,5 +1,6 @@
 """Builtin COCO / Cityscapes panoptic names register from files under DETECTRON2_DATASETS."""
 
+import importlib.util
 import os
 import shutil
 
@@ -8,8 +9,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from panoptic_ext.data.datasets.builtin import register_builtin_panoptic_datasets
 from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def test_builtin_names_register_when_files_exist(tmp_path):
+
+def test_builtin_names_register_when_files_exist(tmp_path, capsys):
     src = str(tmp_path / "src")
     generate_split(src, "val", SyntheticSpec(image_size=32, num_images=3, seed=1))
     root = tmp_path / "datasets"
@@ -42,3 +45,16 @@ def test_builtin_names_register_when_files_exist(tmp_path):
     coco = DatasetCatalog.get("coco_2017_val_panoptic_ext")
     assert all(os.path.isfile(r["sem_seg_file_name"]) for r in coco)
     assert MetadataCatalog.get("cityscapes_fine_panoptic_val_ext").get("sem_seg_root") is None
+
+    # The validator finds Cityscapes images in their city folders through the dataset dicts.
+    spec = importlib.util.spec_from_file_location(
+        "vd", os.path.join(REPO, "tools", "validate_dataset.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--dataset", "cityscapes_fine_panoptic_val_ext"]) == 0, (
+        capsys.readouterr().out
+    )
+    os.remove(root / "cityscapes/leftImg8bit/val/val/val_000001.jpg")
+    assert tool.main(["--dataset", "cityscapes_fine_panoptic_val_ext"]) == 1
+    assert "[missing_image]" in capsys.readouterr().out

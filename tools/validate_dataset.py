@@ -45,10 +45,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     json_file, panoptic_root, image_root = args.json, args.panoptic_root, args.image_root
+    image_files = None
     if args.dataset:
         from detectron2.data import DatasetCatalog, MetadataCatalog
 
-        DatasetCatalog.get(args.dataset)  # generated datasets write their files on first use
+        # Generated datasets write their files on first use; the dicts also give each image's
+        # real path (Cityscapes keeps images in per-city folders).
+        image_files = {r["image_id"]: r["file_name"] for r in DatasetCatalog.get(args.dataset)}
         meta = MetadataCatalog.get(args.dataset)
         json_file = json_file or meta.panoptic_json
         panoptic_root = panoptic_root or meta.panoptic_root
@@ -62,6 +65,7 @@ def main(argv=None) -> int:
         panoptic_root,
         check_images=not args.no_images,
         workers=args.workers,
+        image_files=image_files,
     )
     if args.config_file:
         import json

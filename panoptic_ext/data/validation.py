@@ -196,6 +196,7 @@ def validate_panoptic_dataset(
     panoptic_root: str,
     check_images: bool = True,
     workers: int = 1,
+    image_files: dict[Any, str] | None = None,
 ) -> list[Problem]:
     """Every problem of a COCO-panoptic dataset (see the module docstring for the codes).
 
@@ -205,6 +206,8 @@ def validate_panoptic_dataset(
         panoptic_root: folder of ``annotations[*].file_name``.
         check_images: open every image (header + stream check); off for a PNG/JSON-only check.
         workers: threads reading files.
+        image_files: image id -> path, for layouts where ``image_root/file_name`` is not the
+            path (e.g. Cityscapes' per-city folders; take it from the dataset dicts).
     Returns:
         the problems, errors and warnings, in file order.
     """
@@ -240,8 +243,11 @@ def validate_panoptic_dataset(
         img = image_by_id.get(ann.get("image_id"), {})
         size = (img["height"], img["width"]) if "height" in img and "width" in img else None
         found = []
-        if check_images and image_root is not None and img:
-            path = os.path.join(image_root, img["file_name"])
+        if check_images and (image_root is not None or image_files) and img:
+            if image_files and img.get("id") in image_files:
+                path = image_files[img["id"]]
+            else:
+                path = os.path.join(image_root or "", img["file_name"])
             found += _check_image(path, img.get("height"), img.get("width"), img.get("id"))
         png = os.path.join(panoptic_root, ann.get("file_name", ""))
         return found + _check_annotation(ann, png, category_ids, size)
