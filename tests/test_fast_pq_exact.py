@@ -187,12 +187,15 @@ def test_empty_split_is_skipped_with_warning(caplog):
 @pytest.mark.parametrize(
     "categories, message",
     [
-        ([{"id": 1, "isthing": 1}, {"id": 1, "isthing": 0}], "duplicated category ids \\[1\\]"),
+        (
+            [{"id": 1, "isthing": 1}, {"id": 1, "isthing": 0}],
+            r"\[duplicate_category_id\] gt.json \(id 1\)",
+        ),
         (
             [{"id": 1, "isthing": 1}, {"id": 2, "name": "sky"}],
-            "categories \\[2\\] have no valid 'isthing'",
+            r"\[missing_isthing\] gt.json \(id 2\)",
         ),
-        ([], "no categories"),
+        ([], r"\[no_categories\] gt.json"),
     ],
 )
 def test_categories_checked_up_front(categories, message):

@@ -8,6 +8,7 @@ exits non-zero on errors. Problem codes (``Problem.code``):
 code                      level    meaning
 ========================  =======  ===================================================
 json_unreadable           error    the JSON cannot be read / lacks a top-level key
+no_categories             error    ``categories`` is empty
 duplicate_category_id     error    two categories share an ``id``
 missing_isthing           error    a category has no ``isthing`` (or not 0/1)
 reserved_category_id      error    category id 0 (void / detectron2's merged things)
@@ -49,7 +50,13 @@ from PIL import Image
 
 from .panoptic_io import index_map, read_panoptic_png
 
-__all__ = ["Problem", "validate_panoptic_dataset", "check_config_class_counts", "segment_boxes"]
+__all__ = [
+    "Problem",
+    "category_problems",
+    "check_config_class_counts",
+    "segment_boxes",
+    "validate_panoptic_dataset",
+]
 
 ERROR, WARNING = "error", "warning"
 
@@ -94,7 +101,10 @@ def segment_boxes(index: np.ndarray, num_segments: int) -> tuple[np.ndarray, np.
     return areas.astype(np.int64), boxes.astype(np.int64)
 
 
-def _check_categories(categories: list[dict], json_file: str) -> list[Problem]:
+def category_problems(categories: Sequence[dict], json_file: str) -> list[Problem]:
+    """Problems of a ``categories`` table: empty, repeated ids, missing ``isthing``, id 0."""
+    if not categories:
+        return [Problem(ERROR, "no_categories", json_file, None, "the JSON has no categories")]
     problems = []
     counts = Counter(c.get("id") for c in categories)
     for cat_id, n in counts.items():
@@ -217,7 +227,7 @@ def validate_panoptic_dataset(
         images, annotations, categories = data["images"], data["annotations"], data["categories"]
     except (OSError, ValueError, KeyError) as e:
         return [Problem(ERROR, "json_unreadable", panoptic_json, None, f"{type(e).__name__}: {e}")]
-    problems = _check_categories(categories, panoptic_json)
+    problems = category_problems(categories, panoptic_json)
     category_ids = {c.get("id") for c in categories}
 
     image_by_id: dict[Any, dict] = {}

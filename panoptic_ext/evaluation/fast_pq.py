@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..data.panoptic_io import index_map, read_panoptic_png
+from ..data.validation import category_problems
 
 logger = logging.getLogger(__name__)
 
@@ -76,24 +77,12 @@ class PQCategories:
 def check_categories(categories: Sequence[dict[str, Any]], source: str = "categories") -> None:
     """Raise ``ValueError`` naming ``source`` and the ids when the category table is unusable.
 
-    Checks what panopticapi silently assumes: at least one category, unique integer ids and an
-    ``isthing`` of 0 or 1 on every category.
+    Checks what panopticapi silently assumes (at least one category, unique ids, ``isthing`` 0
+    or 1 on each), with the dataset validator's rules.
     """
-    if not categories:
-        raise ValueError(f"{source}: no categories")
-    ids = [c.get("id") for c in categories]
-    missing_id = [i for i, c in enumerate(categories) if "id" not in c]
-    if missing_id:
-        raise ValueError(f"{source}: categories at positions {missing_id} have no 'id'")
-    vals, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"{source}: duplicated category ids {vals[counts > 1].tolist()}")
-    no_isthing = [c["id"] for c in categories if c.get("isthing") not in (0, 1, True, False)]
-    if no_isthing:
-        raise ValueError(
-            f"{source}: categories {no_isthing} have no valid 'isthing' (0 or 1); PQ needs it "
-            "to split things from stuff"
-        )
+    errors = [p for p in category_problems(categories, source) if p.level == "error"]
+    if errors:
+        raise ValueError("bad categories for PQ: " + "; ".join(map(str, errors)))
 
 
 @dataclass
