@@ -3,24 +3,28 @@
 The loader addresses samples by their *position* in the training stream: position ``p`` reads
 image ``perm_e[p mod N]`` of the epoch ``e = p // N`` permutation (seeded by ``(SEED, e)``) and,
 in deterministic mode, runs the mapper with RNGs seeded by ``(SEED, p)``. Rank ``r`` of ``W``
-with ``b`` images per rank takes positions ``(i*W + r)*b ... + b-1`` at iteration ``i``. The
-stream therefore depends on nothing but SEED, and a resumed run starts at exactly the position
-the interrupted run would have read next, whatever the number of data-loader workers.
+with ``b`` images per rank reads positions ``(i*W + r)*b ... + b-1`` at iteration ``i``, and
+one data-loader worker builds that whole batch. The stream therefore depends on nothing but SEED,
+and a resumed run starts at exactly the batch the interrupted run would have read next, whatever
+the number of data-loader workers.
 """
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.utils.data as torchdata
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetFromList,
-    build_batch_data_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
+from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
@@ -129,50 +133,65 @@ class CheckedMapper:
 
 
 class ResumableTrainingSampler(Sampler):
-    """Infinite stream of this rank's sample positions, starting at a given iteration."""
+    """Infinite stream of iteration numbers from ``start_iter`` (settable until iterated)."""
 
-    def __init__(self, batch_size_per_rank: int, rank: int, world_size: int, start_iter: int = 0):
-        self.batch_size = batch_size_per_rank
-        self.rank = rank
-        self.world_size = world_size
+    def __init__(self, start_iter: int = 0):
         self.start_iter = start_iter
 
     def set_start_iter(self, start_iter: int) -> None:
         self.start_iter = start_iter
 
     def __iter__(self) -> Iterator[int]:
-        it = self.start_iter
-        while True:
-            first = (it * self.world_size + self.rank) * self.batch_size
-            yield from range(first, first + self.batch_size)
-            it += 1
+        return itertools.count(self.start_iter)
 
 
 class PositionalDataset(Dataset):
-    """Map a stream position to a mapped sample (see the module docstring)."""
+    """Iteration number -> this rank's batch, built from stream positions (module docstring)."""
 
-    def __init__(self, dataset: Dataset, mapper: Callable, seed: int, deterministic: bool):
+    def __init__(
+        self,
+        dataset: Dataset,
+        mapper: Callable,
+        seed: int,
+        deterministic: bool,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        """
+        Args:
+            dataset: dataset dicts (map-style).
+            mapper: dataset dict -> model input dict (or None to skip the image).
+            seed: shuffling seed, shared by all ranks.
+            deterministic: run the mapper with RNGs seeded from ``(seed, position)``.
+            batch_size: images per rank and iteration.
+            rank, world_size: this process and the number of processes.
+        """
         self.dataset = dataset
         self.mapper = mapper
         self.seed = seed
         self.deterministic = deterministic
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
         self._perm_epoch, self._perm = -1, None
 
-    def __len__(self) -> int:
-        return len(self.dataset)
+    def positions(self, iteration: int) -> range:
+        """Stream positions this rank reads at ``iteration``."""
+        first = (iteration * self.world_size + self.rank) * self.batch_size
+        return range(first, first + self.batch_size)
 
     def index_of(self, position: int) -> int:
         """Dataset index read at stream ``position``."""
         epoch, offset = divmod(position, len(self.dataset))
         if epoch != self._perm_epoch:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-            self._perm, self._perm_epoch = (
-                torch.randperm(len(self.dataset), generator=generator),
-                epoch,
-            )
+            self._perm = torch.randperm(len(self.dataset), generator=generator)
+            self._perm_epoch = epoch
         return int(self._perm[offset])
 
-    def __getitem__(self, position: int) -> Any:
+    def sample(self, position: int) -> dict:
+        """The mapped sample at stream ``position``."""
         index = self.index_of(position)
         for attempt in range(len(self.dataset)):
             # A mapper may return None to skip a sample: take the next image, deterministically.
@@ -187,6 +206,12 @@ class PositionalDataset(Dataset):
             if out is not None:
                 return out
         raise BadSampleError("The mapper returned None for every image of the training set.")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, iteration: int) -> list[dict]:
+        return [self.sample(p) for p in self.positions(iteration)]
 
 
 class ResumableLoader:
@@ -210,8 +235,11 @@ def build_resumable_train_loader(
 ) -> Any:
     """Drop-in for ``build_detection_train_loader(cfg, mapper=...)`` that resumes exactly.
 
-    Wraps ``mapper`` in :class:`CheckedMapper`. Samplers other than ``TrainingSampler`` fall back to
-    detectron2's loader (which restarts its stream on resume).
+    Wraps ``mapper`` in :class:`CheckedMapper`. Whole batches are built by one data-loader worker
+    (round-robin over iterations), so the stream does not depend on ``NUM_WORKERS``; batches are
+    formed by position, so ``DATALOADER.ASPECT_RATIO_GROUPING`` does not apply (images of a batch
+    are padded to a common size as usual). Samplers other than ``TrainingSampler`` fall back to
+    detectron2's loader, which restarts its stream on resume.
 
     Returns:
         :class:`ResumableLoader` yielding lists of ``IMS_PER_BATCH / world_size`` mapped dicts.
@@ -235,16 +263,25 @@ def build_resumable_train_loader(
         )
     # A random SEED (-1) is drawn once and shared so that all ranks shuffle alike.
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-    positional = PositionalDataset(
-        DatasetFromList(dataset, copy=True), checked, seed, cfg.DETERMINISTIC
+    batches = PositionalDataset(
+        DatasetFromList(dataset, copy=True),
+        checked,
+        seed,
+        cfg.DETERMINISTIC,
+        cfg.SOLVER.IMS_PER_BATCH // world,
+        rank,
+        world,
     )
-    sampler = ResumableTrainingSampler(cfg.SOLVER.IMS_PER_BATCH // world, rank, world)
-    loader = build_batch_data_loader(
-        positional,
-        sampler,
-        cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        seed=seed,
+    sampler = ResumableTrainingSampler()
+    num_workers = cfg.DATALOADER.NUM_WORKERS
+    loader = torchdata.DataLoader(
+        # Worker w builds iterations w, w + num_workers, ...; the loader yields them in order.
+        ToIterableDataset(batches, sampler, shard_chunk_size=1),
+        batch_size=None,  # items already are batches
+        collate_fn=trivial_batch_collator,
+        num_workers=num_workers,
+        worker_init_fn=worker_init_reset_seed,
+        prefetch_factor=2 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),  # leaves the global torch RNG alone
     )
-    return ResumableLoader(loader, sampler, positional)
+    return ResumableLoader(loader, sampler, batches)
