@@ -58,7 +58,6 @@ CASES = {
         ],
     ),
     "panet_ff_only": ("COCO-InstanceSegmentation/panet_R_50_1x.yaml", ["MODEL.PANET.AFP", False]),
-    "cityscapes": ("Cityscapes/panet_R_50.yaml", []),
     "panoptic_fpn_panet": ("COCO-PanopticSegmentation/panoptic_fpn_R_50_panet_1x.yaml", []),
     "quick_schedule": ("quick_schedules/panet_synthetic.yaml", ["MODEL.FPN.OUT_CHANNELS", 32]),
 }
@@ -102,3 +101,17 @@ def test_panet_config_train_step_and_inference(case):
         assert inst.pred_masks.shape[1:] == (inp["height"], inp["width"])
         if cfg.MODEL.META_ARCHITECTURE == "PanopticFPN":
             assert out["panoptic_seg"][0].shape == (inp["height"], inp["width"])
+
+
+def test_cityscapes_config_builds_the_paper_setting():
+    # Same model as panet_R_50_1x (trained above); only classes, data and solver differ.
+    cfg = load_cfg("Cityscapes/panet_R_50.yaml")
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 8
+    assert cfg.DATASETS.TRAIN == ("cityscapes_fine_instance_seg_train",)
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.STEPS, cfg.SOLVER.MAX_ITER) == (0.01, (18000,), 24000)
+    assert cfg.INPUT.MIN_SIZE_TRAIN == (800, 1024) and cfg.INPUT.MIN_SIZE_TEST == 1024
+    cfg.merge_from_list(SHRINK[:-4])
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 8
+    model = build_tiny_model(cfg)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 8 + 1
+    assert type(model.roi_heads.mask_head).__name__ == "PANetMaskHead"
