@@ -93,6 +93,22 @@ def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:
     return cfg
 
 
+def demo_metadata(cfg: CfgNode, dataset: str | None = None) -> Any:
+    """Class names and id maps: ``dataset``'s, else the config's first registered test/train set.
+
+    COCO configs run without the COCO files on disk: detectron2's own COCO panoptic metadata
+    (same separated convention) then supplies the names.
+    """
+    names = [dataset] if dataset else list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    for name in names:
+        if MetadataCatalog.get(name).get("thing_classes") is not None:
+            return MetadataCatalog.get(name)
+    if any(name.startswith("coco_") for name in names):
+        return MetadataCatalog.get("coco_2017_val_panoptic_separated")
+    logger.warning(f"no registered dataset among {names}: no class names (use --dataset)")
+    return MetadataCatalog.get(names[0] if names else "__unused")
+
+
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Files, folders (their images, sorted) and glob patterns -> image paths, in order.
 
@@ -242,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = check_input_format(cfg)
     if problem:
         logger.warning(problem)
-    names = [args.dataset] if args.dataset else list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    metadata = MetadataCatalog.get(names[0] if names else "__unused")
+    metadata = demo_metadata(cfg, args.dataset)
     predictor = DemoPredictor(cfg)
 
     if args.video_input:
@@ -278,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
             cv2.imwrite(target, visualize(rgb, outputs, metadata)[:, :, ::-1])
         if args.panoptic_out:
+            if metadata.get("thing_dataset_id_to_contiguous_id") is None:
+                raise ValueError(
+                    "--panoptic-out needs dataset metadata with id maps: pass --dataset"
+                )
             if "panoptic_seg" not in outputs:
                 raise ValueError(
                     f"{cfg.MODEL.META_ARCHITECTURE} predicts no panoptic_seg; drop --panoptic-out"

@@ -142,3 +142,15 @@ def test_input_format_check_and_input_expansion(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match="missing_\\*.jpg"):
         demo.expand_inputs([str(tmp_path / "missing_*.jpg")])
+
+
+def test_metadata_fallback_for_coco_configs_without_files():
+    demo = _demo()
+    cfg = load_cfg("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml")
+    meta = demo.demo_metadata(cfg)  # COCO is not on disk here
+    assert len(meta.thing_classes) == 80 and meta.stuff_classes[0] == "things"
+    assert demo.demo_metadata(cfg, "synthetic_panoptic_val").thing_classes == [
+        "disk",
+        "box",
+        "triangle",
+    ]
