@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
@@ -54,6 +54,10 @@ class FastPanopticEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._num_workers = max(int(num_workers), 0)
         json_file = self._metadata.panoptic_json
+        if not os.path.isfile(json_file):
+            DatasetCatalog.get(dataset_name)  # generated datasets write their files on first use
+        if not os.path.isfile(json_file):
+            raise FileNotFoundError(f"{dataset_name}: panoptic_json {json_file} does not exist")
         with open(json_file) as f:
             gt = json.load(f)
         self._categories = PQCategories(gt["categories"], json_file)
