@@ -210,9 +210,12 @@ def format_table(benches: list[Bench]) -> str:
         " | x params | x GFLOPs | x train | x inference | x mem |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    nan = float("nan")
+    rtr = statistics.median(ref.train_times) if ref.train_times else nan
+    rinf = statistics.median(ref.infer_times) if ref.infer_times else nan
     for b in benches:
-        tr, inf = statistics.median(b.train_times), statistics.median(b.infer_times)
-        rtr, rinf = statistics.median(ref.train_times), statistics.median(ref.infer_times)
+        tr = statistics.median(b.train_times) if b.train_times else nan
+        inf = statistics.median(b.infer_times) if b.infer_times else nan
         ratios = [
             _ratio(b.params, ref.params),
             _ratio(b.gflops, ref.gflops),
@@ -232,7 +235,9 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     parser.add_argument("--config-file", action="append", required=True, metavar="PATH[::K=V,...]")
     parser.add_argument("--input-size", type=parse_size, default=(800, 1333), metavar="HxW")
     parser.add_argument("--batch-size", type=int, default=2, help="images per train step")
-    parser.add_argument("--iters", type=int, default=5, help="timed iterations per config")
+    parser.add_argument(
+        "--iters", type=int, default=5, help="timed iterations per config (0: params/FLOPs only)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per config")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (jit trace)")
@@ -240,8 +245,8 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every config")
     args = parser.parse_args(argv)
-    if args.iters < 1:
-        parser.error("--iters must be >= 1")
+    if args.iters < 0 or args.warmup < 0:
+        parser.error("--iters and --warmup must be >= 0")
 
     height, width = args.input_size
     benches = []
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     image = benches[0].train_inputs[0]["image"]
     infer_inputs = [{"image": image, "height": height, "width": width}]
 
-    for _ in range(args.warmup):
+    for _ in range(args.warmup if args.iters else 0):
         for b in benches:
             train_step(b, b.train_inputs)
             infer_step(b, infer_inputs)
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> list[Bench]:
             else:
                 b.train_times.append(train_step(b, b.train_inputs))
             b.infer_times.append(infer_step(b, infer_inputs))
-        print(f"iteration {it + 1}/{args.iters} done", file=sys.stderr, flush=True)
+            print(f"iteration {it + 1}/{args.iters}: {b.name} done", file=sys.stderr, flush=True)
     if not args.no_flops:
         for b in benches:
             b.gflops = count_gflops(b, infer_inputs)
