@@ -230,3 +230,13 @@ def test_config_selects_evaluator(bench):
     cfg.TEST.PANOPTIC_EVALUATOR = "slow"
     with pytest.raises(ValueError, match="TEST.PANOPTIC_EVALUATOR='slow'"):
         build_panoptic_evaluator(cfg, "test_fast_pq_bench")
+
+
+def test_prediction_class_outside_metadata_is_named(bench):
+    _, pairs = bench
+    inp, out = pairs[0]
+    ids, segments = out["panoptic_seg"]
+    bad = [dict(segments[0], category_id=17, isthing=True)] + [dict(s) for s in segments[1:]]
+    evaluator = FastPanopticEvaluator("test_fast_pq_bench")
+    with pytest.raises(ValueError, match="predicted thing class 17 is outside"):
+        evaluator.process([inp], [{"panoptic_seg": (ids, bad)}])

@@ -113,6 +113,13 @@ class FastPanopticEvaluator(DatasetEvaluator):
             isthing = seg.pop("isthing", None)
             if isthing is not None:
                 table = self._thing_to_dataset if isthing else self._stuff_to_dataset
+                if seg["category_id"] not in table:
+                    kind = "thing" if isthing else "stuff"
+                    raise ValueError(
+                        f"{self._dataset_name}: predicted {kind} class {seg['category_id']} is "
+                        f"outside the metadata's {kind} ids {sorted(table)}; do the model's class "
+                        "counts match the dataset?"
+                    )
                 seg["category_id"] = table[seg["category_id"]]
             out.append(seg)
         return panoptic_img, out
