@@ -165,9 +165,10 @@ def test_index_map_reports_stray_ids():
         == expected
     )  # binary search
     assert index_map(np.array([[-1, 3]]), [3], 9).tolist() == [[9, 1]]  # negative: binary search
-    many = np.arange(300, dtype=np.uint32).reshape(15, 20)  # > 254 segments: 16-bit table
-    assert (
-        index_map(many, np.arange(1, 300)[::-1], 999) == np.where(many > 0, 300 - many, 0)
-    ).all()
+    many = np.arange(300, dtype=np.uint32).reshape(15, 20)  # > 254 segments
+    expected = np.where(many > 0, 300 - many, 0)
+    assert (index_map(many, np.arange(1, 300)[::-1], 999) == expected).all()  # small-id table
+    big = np.where(many > 0, many + 70000, 0).astype(np.uint32)  # 16-bit per-thread table
+    assert (index_map(big, np.arange(70001, 70300)[::-1], 999) == expected).all()
     # The per-thread tables are clean again: an id known before is unknown now.
     assert index_map(ids, [5], 9).tolist() == [[0, 9, 1], [1, 9, 0]]

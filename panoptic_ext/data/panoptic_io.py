@@ -60,8 +60,9 @@ def index_map(ids: np.ndarray, segment_ids: Sequence[int], stray: int) -> np.nda
     """Map an (H, W) id map to positions: 0 = void, 1..K = ``segment_ids`` order, else ``stray``.
 
     Unlike ``panoptic_targets.segment_index_map`` this never raises: ids without a segment get
-    ``stray`` so that callers can count or report them. Ids in [0, 2^24) (every PNG id) go
-    through one gather in a per-thread lookup table; other ids through a binary search.
+    ``stray`` so that callers can count or report them. Ids below 2^16 (model predictions) go
+    through one gather in a table of codes, other ids below 2^24 (every PNG id) through a
+    per-thread lookup table, the rest through a binary search.
 
     Args:
         ids: (H, W) integer ids.
@@ -74,7 +75,15 @@ def index_map(ids: np.ndarray, segment_ids: Sequence[int], stray: int) -> np.nda
     k = len(segment_ids)
     if ids.size == 0:
         return np.zeros(ids.shape, np.int64)
-    in_range = int(ids.max()) < 1 << _ID_BITS and (ids.dtype.kind == "u" or int(ids.min()) >= 0)
+    max_id = int(ids.max())
+    in_range = max_id < 1 << _ID_BITS and (ids.dtype.kind == "u" or int(ids.min()) >= 0)
+    if in_range and max_id < 1 << 16:
+        # Small ids (model predictions): a table of the final codes, one gather.
+        lut = np.full(max_id + 1, stray, dtype=np.int64)
+        keep = (segment_ids > 0) & (segment_ids < len(lut))
+        lut[segment_ids[keep]] = np.nonzero(keep)[0] + 1
+        lut[0] = 0
+        return np.take(lut, ids)
     if in_range and k + 2 < 1 << 16:
         table = _lookup_table(np.uint8 if k + 2 < 1 << 8 else np.uint16)
         keep = (segment_ids > 0) & (segment_ids < 1 << _ID_BITS)
