@@ -69,7 +69,7 @@ def index_map(ids: np.ndarray, segment_ids: Sequence[int], stray: int) -> np.nda
         segment_ids: (K,) segment ids; a repeated id maps to its last position.
         stray: code of ids that are neither 0 nor in ``segment_ids``.
     Returns:
-        (H, W) int64 positions.
+        (H, W) positions, an unsigned or int64 integer array (cast before arithmetic).
     """
     segment_ids = np.asarray(segment_ids, dtype=np.int64)
     k = len(segment_ids)
@@ -77,27 +77,28 @@ def index_map(ids: np.ndarray, segment_ids: Sequence[int], stray: int) -> np.nda
         return np.zeros(ids.shape, np.int64)
     max_id = int(ids.max())
     in_range = max_id < 1 << _ID_BITS and (ids.dtype.kind == "u" or int(ids.min()) >= 0)
+    top = max(k, stray)
+    small = np.uint8 if top < 1 << 8 else np.uint16 if top < 1 << 16 else np.int64
     if in_range and max_id < 1 << 16:
         # Small ids (model predictions): a table of the final codes, one gather.
-        lut = np.full(max_id + 1, stray, dtype=np.int64)
+        lut = np.full(max_id + 1, stray, dtype=small)
         keep = (segment_ids > 0) & (segment_ids < len(lut))
         lut[segment_ids[keep]] = np.nonzero(keep)[0] + 1
         lut[0] = 0
         return np.take(lut, ids)
-    if in_range and k + 2 < 1 << 16:
-        table = _lookup_table(np.uint8 if k + 2 < 1 << 8 else np.uint16)
+    if in_range and small != np.int64:
+        table = _lookup_table(small)
         keep = (segment_ids > 0) & (segment_ids < 1 << _ID_BITS)
-        # Table codes: 0 = unknown id, 1 = void, 2..K+1 = segments.
-        table[segment_ids[keep]] = np.nonzero(keep)[0] + 2
-        table[0] = 1
+        # Segments -> 1..K; void and unknown ids both read 0 from the all-zero table.
+        table[segment_ids[keep]] = np.nonzero(keep)[0] + 1
         try:
-            raw = np.take(table, ids)
+            codes = np.take(table, ids)
         finally:
             table[segment_ids[keep]] = 0
-            table[0] = 0
-        decode = np.arange(-1, k + 1, dtype=np.int64)  # table code c -> position c - 1
-        decode[0] = stray
-        return np.take(decode, raw)
+        if np.count_nonzero(codes) == np.count_nonzero(ids):  # no unknown id: done
+            return codes
+        codes[(codes == 0) & (ids != 0)] = stray
+        return codes
     # Same dtype on both sides keeps searchsorted fast; the sentinel exceeds every id.
     keys = np.concatenate([[0], segment_ids, [np.iinfo(np.int64).max]]).astype(np.int64)
     codes = np.concatenate([[0], np.arange(1, k + 1), [stray]])

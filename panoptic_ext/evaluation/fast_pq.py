@@ -166,9 +166,10 @@ def image_pq_stats(
         raise ValueError(
             f"{image_name}: predicted ids {stray[:20]} are in the map but not in segments_info"
         )
-    gi *= p + 1  # in place: one (H, W) temporary less
-    gi += pi
-    conf = np.bincount(gi.ravel(), minlength=(g + 2) * (p + 1))
+    key = gi.astype(np.intp)
+    key *= p + 1  # in place: no further (H, W) temporaries
+    key += pi
+    conf = np.bincount(key.ravel(), minlength=(g + 2) * (p + 1))
     conf = conf.reshape(g + 2, p + 1)
 
     pred_area = conf[:, 1:].sum(0)
