@@ -161,7 +161,7 @@ def panoptic_fcn_losses(
         batch = targets.thing_batch[obj]
         logits = masks_from_kernels(
             kern.flatten(0, 1), batch.repeat_interleave(pos_num), feats
-        ).view(len(obj), pos_num, -1)
+        ).view(len(obj), pos_num, feats.shape[-1])
         dice = dice_loss(logits.sigmoid(), targets.thing_masks[obj][:, None])
         weights = weights / weights.sum(1, keepdim=True).clamp(min=1e-8)
         loss_seg_th = (weights * dice).sum() / num_th
