@@ -32,7 +32,8 @@ if ! have detectron2; then
   "$PY" -m pip install -q "setuptools<81" ninja
   "$PY" -m pip install --no-build-isolation "$src"
 fi
-if [ "${SKIP_PROJECT_INSTALL:-0}" != "1" ] && ! (cd /tmp && have panoptic_ext); then
+# Probe from outside the checkout and without the Makefile's PYTHONPATH: is it really installed?
+if [ "${SKIP_PROJECT_INSTALL:-0}" != "1" ] && ! (cd / && env -u PYTHONPATH "$PY" -c "import panoptic_ext" >/dev/null 2>&1); then
   echo "[setup] installing panoptic_ext (editable)"
   "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 fi
