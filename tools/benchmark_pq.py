@@ -162,13 +162,18 @@ def make_benchmark_dataset(
     return pairs
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process (all threads) and of its finished children (pq_compute's pool)."""
-    gc.collect()  # panopticapi never closes its Pool: collecting it reaps the workers
-    own, children = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
+def _cpu_seconds(start: bool) -> float:
+    """CPU time of this process (all threads) and of its finished children (pq_compute's pool).
+
+    panopticapi never closes its Pool: a garbage collection reaps the workers so that their
+    time is counted. The collections' own time is left out of both readings.
+    """
+    if start:
+        gc.collect()
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    if not start:
+        gc.collect()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
@@ -178,7 +183,7 @@ def run_evaluator(
     """Seconds for reset + process(each) + evaluate, minus ``model_seconds`` of simulated model
     time slept (GIL released, like a forward pass) before each ``process``; and the results.
     The CPU seconds used are appended to ``cpu`` when given."""
-    cpu_start = _cpu_seconds()
+    cpu_start = _cpu_seconds(start=True)
     start = time.perf_counter()
     evaluator.reset()
     for inp, out in pairs:
@@ -196,7 +201,7 @@ def run_evaluator(
         res = evaluator.evaluate()
     wall = time.perf_counter() - start - model_seconds * len(pairs)
     if cpu is not None:
-        cpu.append(_cpu_seconds() - cpu_start)
+        cpu.append(_cpu_seconds(start=False) - cpu_start)
     return res, wall
 
 
