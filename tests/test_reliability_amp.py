@@ -51,8 +51,17 @@ def _check_prediction(pred: dict, height: int, width: int) -> None:
     assert pred, "the model returned nothing"
 
 
+@pytest.fixture
+def one_thread():
+    # With the 2 cores shared, 2 OpenMP threads spin-wait: 110 s per model instead of 2 s.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", QUICK_SCHEDULES)
-def test_autocast_train_step_and_inference(name):
+def test_autocast_train_step_and_inference(name, one_thread):
     cfg = load_cfg(f"quick_schedules/{name}", *TINY_OPTS)
     model = build_tiny_model(cfg)
     device = model.pixel_mean.device
