@@ -2,10 +2,12 @@
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from torch import nn
 
 from panoptic_ext.checkpoint import (
@@ -124,3 +126,28 @@ def test_save_is_atomic_and_resume_falls_back(tmp_path, caplog):
     (tmp_path / "model_0000001.pth").write_bytes(b"junk")
     with pytest.raises(RuntimeError, match="model_0000001.pth"):
         SafeCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
+
+
+def _python_sources() -> list[str]:
+    """Every .py file of the package, tools/, demo/ and the repo root, except the safe loader."""
+    found = [os.path.join(REPO, n) for n in os.listdir(REPO) if n.endswith(".py")]
+    for folder in ("panoptic_ext", "tools", "demo"):
+        for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
+            if not dirpath.startswith(os.path.join(REPO, "panoptic_ext", "checkpoint")):
+                found += [os.path.join(dirpath, n) for n in files if n.endswith(".py")]
+    return found
+
+
+def test_no_code_path_bypasses_the_safe_loader():
+    """Checkpoints are read only through panoptic_ext.checkpoint (a guard for new scripts)."""
+    # A call, not a mention in ``backticks``.
+    unsafe = re.compile(
+        r"(?<!`)\b(torch\.load|pickle\.loads?|DetectionCheckpointer|DefaultPredictor)\("
+    )
+    offenders = [
+        f"{os.path.relpath(path, REPO)}:{i}: {line.strip()}"
+        for path in _python_sources()
+        for i, line in enumerate(open(path, encoding="utf-8"), 1)
+        if unsafe.search(line)
+    ]
+    assert not offenders, "use SafeCheckpointer / load_checkpoint_file:\n" + "\n".join(offenders)
