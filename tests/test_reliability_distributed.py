@@ -4,16 +4,22 @@ Both go through ``train_net.py`` exactly as a user runs them; the PQ gathered ac
 must equal the PQ of a single process evaluating the same weights.
 """
 
+import itertools
 import os
 import re
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 
 import torch
+from detectron2.engine import SimpleTrainer, launch
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 from helpers import REPO, TINY_OPTS, config_path, load_cfg, register_tiny
 
-from panoptic_ext.engine import Trainer
+from panoptic_ext.checkpoint import NanGuardHook
+from panoptic_ext.engine import Trainer, wrap_ddp
 
 CFG = config_path("quick_schedules/panoptic_fpn_synthetic.yaml")
 # One thread per process: up to 3 processes share 2 cores here.
@@ -98,3 +104,39 @@ def test_two_process_training_and_gathered_evaluation_match_one_process(tmp_path
     assert gathered == trained
     assert alone == trained[:6]
     assert alone[0] > 0  # a real PQ: stuff segments are matched after 3 iterations
+
+
+class _NanOnRankOne(torch.nn.Module):
+    """``loss_mask`` is NaN on rank 1 only, at iteration 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(4))
+
+    def forward(self, batch):
+        bad = get_event_storage().iter == 2 and comm.get_rank() == 1
+        return {
+            "loss_cls": (self.weight**2).sum(),
+            "loss_mask": self.weight.sum() * (float("nan") if bad else 0.1),
+        }
+
+
+def _nan_worker(out_dir: str) -> None:
+    model = wrap_ddp(_NanOnRankOne())
+    trainer = SimpleTrainer(model, itertools.repeat([{}]), torch.optim.SGD(model.parameters(), 0.1))
+    trainer.register_hooks([NanGuardHook()])
+    try:
+        trainer.train(0, 5)
+    except FloatingPointError as e:
+        with open(os.path.join(out_dir, f"rank{comm.get_rank()}.txt"), "w") as f:
+            f.write(str(e))
+
+
+def test_nan_on_one_rank_stops_every_rank(tmp_path):
+    """Without agreement, rank 0 would wait in the next all-reduce until the timeout."""
+    launch(
+        _nan_worker, 2, dist_url=_free_url(), args=(str(tmp_path),), timeout=timedelta(seconds=60)
+    )
+    rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
+    assert "iteration 2 on rank 1: loss_mask=nan" in rank1
+    assert "iteration 2 on another rank than 0" in rank0

@@ -100,14 +100,13 @@ class NanGuardHook(HookBase):
             for k, v in losses.items()
             if not torch.isfinite(v).all()
         }
-        terms = (
-            ", ".join(f"{k}={v}" for k, v in bad.items())
-            or f"(on another rank than {comm.get_rank()})"
-        )
+        where = f" on rank {comm.get_rank()}" if comm.get_world_size() > 1 else ""
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+        terms = f"{where}: {terms}" if bad else f" on another rank than {comm.get_rank()}"
         checkpointer = getattr(self.trainer, "checkpointer", None)
         last = checkpointer.get_checkpoint_file() if checkpointer is not None else ""
         raise FloatingPointError(
-            f"Non-finite loss at iteration {self.trainer.iter}: {terms}. The optimizer step was "
+            f"Non-finite loss at iteration {self.trainer.iter}{terms}. The optimizer step was "
             f"skipped, so the weights are those after iteration {self.trainer.iter - 1}"
             + (f" and the last checkpoint '{last}' is intact" if last else "")
             + ". Try a lower SOLVER.BASE_LR, a longer SOLVER.WARMUP_ITERS or "
