@@ -252,3 +252,15 @@ def test_afp_rejects_heads_that_cannot_fuse_levels():
         build_roi_heads(_panet_cfg("MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"), shapes)
     with pytest.raises(ValueError, match="MODEL.ROI_MASK_HEAD.POOLER_TYPE"):
         build_roi_heads(_panet_cfg("MODEL.ROI_MASK_HEAD.POOLER_TYPE", ""), shapes)
+
+
+def test_fuse_before_first_layer_keeps_detectron2_names():
+    torch.manual_seed(0)
+    shape = ShapeSpec(channels=8, height=7, width=7)
+    head = PANetBoxHead(
+        shape, conv_dims=[], fc_dims=[16, 16], num_levels=4, fuse_before_first_layer=True
+    )
+    assert {n.rsplit(".", 1)[0] for n, _ in head.named_parameters()} == {"fc1", "fc2"}
+    x = torch.randn(4, 5, 8, 7, 7)
+    expected = F.relu(head.fc2(F.relu(head.fc1(x.amax(0).flatten(1)))))
+    torch.testing.assert_close(head(x), expected)

@@ -82,6 +82,7 @@ class PerLevelFirstLayerMixin:
         shared: bool,
         fuse: str,
         init: Callable[[nn.Module], None],
+        fuse_before: bool = False,
     ) -> None:
         """Turn module ``name`` into ``num_levels`` independently initialised copies if needed.
 
@@ -91,13 +92,16 @@ class PerLevelFirstLayerMixin:
             shared: one layer applied to all levels (False: one copy per level).
             fuse: "max" or "sum" over levels.
             init: re-initialisation applied to each extra copy.
+            fuse_before: fuse the pooled levels *before* a single first layer (paper Table 4
+                "fu.fc1fc2": no extra layer cost, slightly lower AP than fusing after it).
         """
         if fuse not in FUSE_TYPES:
             raise ValueError(f"MODEL.PANET.FUSE must be one of {FUSE_TYPES}, got {fuse!r}")
         self._first_name = name
         self._num_levels = num_levels
         self._fuse = fuse
-        self._per_level = num_levels > 1 and not shared
+        self._fuse_before = fuse_before
+        self._per_level = num_levels > 1 and not shared and not fuse_before
         if self._per_level:
             layer = getattr(self, name)
             copies = [layer] + [copy.deepcopy(layer) for _ in range(num_levels - 1)]
@@ -129,6 +133,8 @@ class PerLevelFirstLayerMixin:
                 f"{type(self).__name__} expects {self._num_levels} pooled level(s) (MODEL.PANET.AFP"
                 f" and MODEL.ROI_HEADS.IN_FEATURES), got input of shape {tuple(x.shape)}"
             )
+        if self._fuse_before:
+            return post(getattr(self, self._first_name)(pre(fuse_levels(x, self._fuse))))
         if self._per_level:
             layers = getattr(self, f"{self._first_name}_levels")
             out = torch.stack([post(layer(pre(level))) for layer, level in zip(layers, x)])

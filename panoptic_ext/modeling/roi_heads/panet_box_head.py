@@ -36,6 +36,7 @@ class PANetBoxHead(PerLevelFirstLayerMixin, FastRCNNConvFCHead):
         num_levels: int = 1,
         shared_first_layer: bool = False,
         fuse: str = "max",
+        fuse_before_first_layer: bool = False,
     ):
         """
         Args:
@@ -44,6 +45,7 @@ class PANetBoxHead(PerLevelFirstLayerMixin, FastRCNNConvFCHead):
             shared_first_layer: one first layer for all levels (False: one per level, as the
                 official PANet code).
             fuse: "max" (paper's choice) or "sum".
+            fuse_before_first_layer: fuse the pooled levels before the first layer instead.
         """
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
         names = list(self._modules)
@@ -54,7 +56,9 @@ class PANetBoxHead(PerLevelFirstLayerMixin, FastRCNNConvFCHead):
         self._post_names = names[start + 1 : end]
         self._rest_names = names[end:]
         init = weight_init.c2_msra_fill if conv_dims else weight_init.c2_xavier_fill
-        self._setup_first_layer(first, num_levels, shared_first_layer, fuse, init)
+        self._setup_first_layer(
+            first, num_levels, shared_first_layer, fuse, init, fuse_before_first_layer
+        )
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
@@ -63,6 +67,7 @@ class PANetBoxHead(PerLevelFirstLayerMixin, FastRCNNConvFCHead):
             num_levels=afp_num_levels(cfg),
             shared_first_layer=cfg.MODEL.PANET.SHARED_FIRST_LAYER,
             fuse=cfg.MODEL.PANET.FUSE,
+            fuse_before_first_layer=cfg.MODEL.PANET.FUSE_BEFORE_FIRST_LAYER,
         )
         return ret
 

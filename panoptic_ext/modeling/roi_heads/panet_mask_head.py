@@ -44,6 +44,7 @@ class PANetMaskHead(PerLevelFirstLayerMixin, MaskRCNNConvUpsampleHead):
         num_levels: int = 1,
         shared_first_layer: bool = False,
         fuse: str = "max",
+        fuse_before_first_layer: bool = False,
         ff: bool = True,
         ff_from_conv: int = 3,
         ff_relu: bool = False,
@@ -56,6 +57,7 @@ class PANetMaskHead(PerLevelFirstLayerMixin, MaskRCNNConvUpsampleHead):
             num_levels: L, levels in the pooled input (L, M, C, R, R).
             shared_first_layer: one ``mask_fcn1`` for all levels (False: one per level).
             fuse: "max" (paper's choice) or "sum".
+            fuse_before_first_layer: fuse the pooled levels before the first layer instead.
             ff: add the fully-connected fusion branch.
             ff_from_conv: 1-based index of the mask conv whose output feeds the FF branch.
             ff_relu: ReLU on the fc output (official code) or none (paper).
@@ -70,7 +72,12 @@ class PANetMaskHead(PerLevelFirstLayerMixin, MaskRCNNConvUpsampleHead):
                 f"got {ff_from_conv}"
             )
         self._setup_first_layer(
-            "mask_fcn1", num_levels, shared_first_layer, fuse, weight_init.c2_msra_fill
+            "mask_fcn1",
+            num_levels,
+            shared_first_layer,
+            fuse,
+            weight_init.c2_msra_fill,
+            fuse_before_first_layer,
         )
         self._rest_convs = [f"mask_fcn{k}" for k in range(2, num_conv + 1)]
         self._ff_from_conv = ff_from_conv if ff else 0
@@ -110,6 +117,7 @@ class PANetMaskHead(PerLevelFirstLayerMixin, MaskRCNNConvUpsampleHead):
             num_levels=afp_num_levels(cfg),
             shared_first_layer=cfg.MODEL.PANET.SHARED_FIRST_LAYER,
             fuse=cfg.MODEL.PANET.FUSE,
+            fuse_before_first_layer=cfg.MODEL.PANET.FUSE_BEFORE_FIRST_LAYER,
             ff=cfg.MODEL.PANET.FF,
             ff_from_conv=cfg.MODEL.PANET.FF_FROM_CONV,
             ff_relu=cfg.MODEL.PANET.FF_RELU,
