@@ -74,12 +74,14 @@ def test_model_zoo_pkl_loads_into_model(tmp_path):
     SafeCheckpointer(target).load(path)
     for k, v in source.state_dict().items():
         assert torch.equal(target.state_dict()[k], v), k
-    # Caffe2 layout ("blobs") and numpy scalars also pass the restricted unpickler.
-    blobs = {"blobs": {"a": np.float32(1.5), "b_momentum": np.ones(2)}, "note": np.int64(3)}
-    with open(path, "wb") as f:
-        pickle.dump(blobs, f, protocol=2)
-    loaded = load_checkpoint_file(path)
-    assert loaded["blobs"]["a"] == np.float32(1.5) and loaded["note"] == 3
+    # Caffe2 layout ("blobs"), numpy scalars and protocol-5 buffers also pass the unpickler.
+    blobs = {"blobs": {"a": np.float32(1.5), "b": np.arange(3.0)}, "note": np.int64(3)}
+    for protocol in (2, 5):
+        with open(path, "wb") as f:
+            pickle.dump(blobs, f, protocol=protocol)
+        loaded = load_checkpoint_file(path)
+        assert loaded["blobs"]["a"] == np.float32(1.5) and loaded["note"] == 3
+        assert np.array_equal(loaded["blobs"]["b"], np.arange(3.0))
 
 
 def test_env_var_trusts(tmp_path, monkeypatch):

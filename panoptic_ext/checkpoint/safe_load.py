@@ -34,6 +34,8 @@ _SAFE_PICKLE_GLOBALS = frozenset(
         for numpy_core in ("numpy.core.multiarray", "numpy._core.multiarray")
         for name in ("_reconstruct", "scalar")
     ]
+    # Pickle protocol 5 rebuilds arrays from raw buffers.
+    + [(numpy_core, "_frombuffer") for numpy_core in ("numpy.core.numeric", "numpy._core.numeric")]
     + [
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
@@ -46,7 +48,8 @@ _SAFE_PICKLE_GLOBALS = frozenset(
         ("builtins", "complex"),
     ]
 )
-# numpy scalar types (np.float32, ...) are pickled as dtype classes of the numpy.dtypes module.
+# torch's weights_only unpickler also wants the classes of dtype instances (numpy.dtypes.*DType)
+# that ``numpy.dtype(...)`` creates; pickles never name them directly.
 _SAFE_NUMPY_DTYPE_MODULES = ("numpy.dtypes",)
 
 _TRUST_HINT = (
@@ -77,7 +80,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._filename = filename
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_PICKLE_GLOBALS or module in _SAFE_NUMPY_DTYPE_MODULES:
+        # Exact (module, name) pairs only: no dotted names that could walk to other attributes.
+        if (module, name) in _SAFE_PICKLE_GLOBALS:
             return super().find_class(module, name)
         raise UnsafeCheckpointError(self._filename, f"{module}.{name}")
 
