@@ -4,15 +4,31 @@ import importlib.util
 import os
 import shutil
 
+import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from panoptic_ext.data.datasets.builtin import register_builtin_panoptic_datasets
+from panoptic_ext.data.datasets.builtin import (
+    BUILTIN_PANOPTIC_SPLITS,
+    register_builtin_panoptic_datasets,
+)
 from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_builtin_names_register_when_files_exist(tmp_path, capsys):
+@pytest.fixture
+def unregister():
+    """Leave the catalogs as import made them: the test's names point into a temporary folder."""
+    yield
+    for name in BUILTIN_PANOPTIC_SPLITS:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+    register_builtin_panoptic_datasets()
+
+
+def test_builtin_names_register_when_files_exist(tmp_path, capsys, unregister):
     src = str(tmp_path / "src")
     generate_split(src, "val", SyntheticSpec(image_size=32, num_images=3, seed=1))
     root = tmp_path / "datasets"
