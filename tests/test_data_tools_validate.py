@@ -23,7 +23,7 @@ QUICK = os.path.join(REPO, "configs", "quick_schedules", "panoptic_fpn_synthetic
 def clean(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("validate"))
     generate_split(
-        root, "val", SyntheticSpec(image_size=48, num_images=8, seed=5, crowd_fraction=0)
+        root, "val", SyntheticSpec(image_size=48, num_images=10, seed=5, crowd_fraction=0)
     )
     return root
 
@@ -124,6 +124,11 @@ def test_planted_errors_are_each_reported(clean, tmp_path, run_tool):
     png = usable[5]["file_name"]
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(os.path.join(png_root, png))
     expected.add(("size_mismatch", png, usable[5]["image_id"]))
+    # An undecodable PNG, on an annotation no other plant uses.
+    spare = next(a for a in anns[3:] if a not in usable[:6])
+    with open(os.path.join(png_root, spare["file_name"]), "wb") as f:
+        f.write(b"\x89PNG garbage")
+    expected.add(("unreadable_png", spare["file_name"], spare["image_id"]))
     with open(json_file, "w") as f:
         json.dump(data, f)
 
