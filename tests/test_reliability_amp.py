@@ -8,13 +8,7 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 from helpers import TINY_OPTS, build_tiny_model, load_cfg, tiny_batch
-
-QUICK_SCHEDULES = [
-    "panoptic_fpn_synthetic.yaml",
-    "panet_synthetic.yaml",
-    "semantic_fpn_synthetic.yaml",
-    "panoptic_fcn_synthetic.yaml",
-]
+from reliability_utils import QUICK_SCHEDULES, one_thread
 
 
 def _autocast(device: torch.device):
@@ -51,18 +45,14 @@ def _check_prediction(pred: dict, height: int, width: int) -> None:
     assert pred, "the model returned nothing"
 
 
-@pytest.fixture
-def one_thread():
-    # With the 2 cores shared, 2 OpenMP threads spin-wait: 110 s per model instead of 2 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", QUICK_SCHEDULES)
-def test_autocast_train_step_and_inference(name, one_thread):
+def test_autocast_train_step_and_inference(name):
     cfg = load_cfg(f"quick_schedules/{name}", *TINY_OPTS)
+    with one_thread():
+        _train_step_and_inference(cfg)
+
+
+def _train_step_and_inference(cfg) -> None:
     model = build_tiny_model(cfg)
     device = model.pixel_mean.device
     batch = tiny_batch(cfg, indices=(0, 1))  # image 0 has no things

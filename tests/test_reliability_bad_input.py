@@ -12,8 +12,9 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import PeriodicCheckpointer, SimpleTrainer
-from detectron2.utils.events import get_event_storage
-from helpers import TINY_OPTS, load_cfg, register_tiny
+from detectron2.utils.events import EventStorage, get_event_storage
+from helpers import TINY_OPTS, build_tiny_model, load_cfg, register_tiny, tiny_batch
+from reliability_utils import QUICK_SCHEDULES, one_thread
 from torch import nn
 
 from panoptic_ext.checkpoint import BadSampleError, CheckedMapper, NanGuardHook, SafeCheckpointer
@@ -117,3 +118,23 @@ def test_nan_loss_names_term_and_iteration_and_keeps_checkpoint(tmp_path):
     assert not (tmp_path / "model_0000003.pth").exists()
     saved = torch.load(tmp_path / "model_0000002.pth", weights_only=True)["model"]["weight"]
     assert torch.equal(saved, model.weight.detach())
+
+
+@pytest.mark.parametrize("name", QUICK_SCHEDULES)
+def test_batch_without_any_object_trains(name, records):
+    """A batch whose images have no things at all: finite losses and gradients, every model."""
+    assert not any(
+        s["category_id"]
+        in MetadataCatalog.get("synthetic_panoptic_train").thing_dataset_id_to_contiguous_id
+        for s in records[0]["segments_info"]
+    )
+    cfg = load_cfg(f"quick_schedules/{name}", *TINY_OPTS)
+    with one_thread():
+        model = build_tiny_model(cfg)
+        model.train()
+        with EventStorage(0):
+            losses = model(tiny_batch(cfg, indices=(0, 0)))
+        assert losses and all(torch.isfinite(v) for v in losses.values()), losses
+        sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
