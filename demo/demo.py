@@ -128,7 +128,8 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         else:
             found = sorted(glob.glob(os.path.expanduser(pattern)))
         if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image")
+            hint = " (config KEY VALUE overrides go after --output)" if pattern.isupper() else ""
+            raise FileNotFoundError(f"--input {pattern!r} matches no image{hint}")
         paths += found
     return paths
 
