@@ -136,7 +136,7 @@ def test_planted_errors_are_each_reported(clean, tmp_path, run_tool):
     found = {(p.code, os.path.basename(p.file), p.id) for p in problems if p.level == "error"}
     assert expected <= found, sorted(expected - found)
 
-    # The CLI prints each of them with the file and id and fails; the config check runs too.
+    # The CLI prints each of them with the file and id and fails.
     rc, out = run_tool("--json", json_file, "--image-root", image_root, "--panoptic-root", png_root,
                         "--config-file", QUICK, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3")  # fmt: skip
     assert rc == 1
