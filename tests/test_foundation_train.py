@@ -103,3 +103,34 @@ def test_two_process_gloo_run(tmp_path):
     log = proc.stdout + proc.stderr
     assert "PQ,SQ,RQ" in log
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_custom_dataset_registered_from_config_trains_and_evaluates(tmp_path):
+    """A plain COCO-panoptic folder, named only in the config, trains and evaluates."""
+    from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
+
+    root = tmp_path / "my_dataset"
+    generate_split(str(root), "val", SyntheticSpec(image_size=64, num_images=4, seed=7))
+    entry = (
+        "my_panoptic",
+        str(root / "val"),
+        str(root / "panoptic_val"),
+        str(root / "panoptic_val.json"),
+    )
+    opts = (
+        "DATASETS.REGISTER_PANOPTIC",
+        repr([entry]),
+        "DATASETS.TRAIN",
+        "('my_panoptic',)",
+        "DATASETS.TEST",
+        "('my_panoptic',)",
+        "SOLVER.MAX_ITER",
+        2,
+        "TEST.EVALUATORS",
+        "['panoptic']",
+    )
+    results = main(_args(FAMILIES["panoptic_fpn"], str(tmp_path / "out"), *opts))
+    assert 0.0 <= results["panoptic_seg"]["PQ"] <= 100.0
+    from detectron2.data import MetadataCatalog
+
+    assert MetadataCatalog.get("my_panoptic").thing_classes == ["disk", "box", "triangle"]

@@ -6,7 +6,7 @@ from ..config_utils import add_keys
 
 
 def add_panoptic_data_config(cfg: CfgNode) -> None:
-    """Add ``INPUT.SEM_SEG_FORMAT`` and ``DATASETS.SYNTHETIC``."""
+    """Add ``INPUT.SEM_SEG_FORMAT``, ``DATASETS.REGISTER_PANOPTIC`` and ``DATASETS.SYNTHETIC``."""
     add_keys(
         cfg,
         "INPUT",
@@ -16,6 +16,15 @@ def add_panoptic_data_config(cfg: CfgNode) -> None:
             # "all_classes": things -> 0..T-1, stuff -> T..T+S-1; "none": no sem_seg target.
             # Void pixels are always MODEL.SEM_SEG_HEAD.IGNORE_VALUE.
             "SEM_SEG_FORMAT": "things_as_one",
+        },
+    )
+    add_keys(
+        cfg,
+        "DATASETS",
+        {
+            # COCO-panoptic datasets to register before training, without code: a list of
+            # (name, image_root, panoptic_root, panoptic_json) tuples (register_panoptic_dataset).
+            "REGISTER_PANOPTIC": [],
         },
     )
     add_keys(

@@ -5,16 +5,38 @@ import logging
 
 import torch
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_setup
 
 from .. import config as ext_config  # module import: panoptic_ext.config imports this package
 from ..checkpoint import enable_deterministic_mode
-from ..data.datasets import register_synthetic_datasets
+from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
 from .trainer import Trainer
 
-__all__ = ["setup_cfg", "main"]
+__all__ = ["main", "register_config_datasets", "setup_cfg"]
 
 logger = logging.getLogger(__name__)
+
+
+def register_config_datasets(cfg: CfgNode) -> list[str]:
+    """Register the datasets listed in ``DATASETS.REGISTER_PANOPTIC``; return their names.
+
+    A name that is already registered is replaced, so a re-run with other paths takes effect.
+    """
+    names = []
+    for entry in cfg.DATASETS.REGISTER_PANOPTIC:
+        if len(entry) != 4:
+            raise ValueError(
+                "DATASETS.REGISTER_PANOPTIC entries are (name, image_root, panoptic_root, "
+                f"panoptic_json); got {entry!r}"
+            )
+        name = entry[0]
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_panoptic_dataset(*entry)
+        names.append(name)
+    return names
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
@@ -30,6 +52,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    register_config_datasets(cfg)
     synthetic = cfg.DATASETS.SYNTHETIC
     register_synthetic_datasets(
         synthetic.IMAGE_SIZE, synthetic.NUM_TRAIN, synthetic.NUM_VAL, synthetic.SEED
