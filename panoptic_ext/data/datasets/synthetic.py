@@ -23,17 +23,12 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from ..panoptic_targets import (
-    THINGS_AS_ONE,
-    category_labels,
-    id_to_rgb,
-    segment_index_map,
-    semantic_lookup,
-)
+from ..converters import separate_image
+from ..panoptic_targets import id_to_rgb, segment_index_map
+from ..validation import segment_boxes
 from .register import load_panoptic_json, metadata_from_categories, register_panoptic_dataset
 
 __all__ = ["SYNTHETIC_CATEGORIES", "SyntheticSpec", "generate_split", "register_synthetic_datasets"]
@@ -183,39 +178,14 @@ def _draw_image(rng: np.random.Generator, spec: SyntheticSpec, index: int):
         image[:, :width] = rng.uniform(0, 40, (s, width, 1))
 
     # Keep segments that still own pixels; fill in area and bbox from the final id map.
-    kept = []
-    for seg in segments:
-        ys, xs_ = np.nonzero(ids == seg["id"])
-        if len(ys) == 0:
-            continue
-        x0, y0 = int(xs_.min()), int(ys.min())
-        seg["area"] = int(len(ys))
-        seg["bbox"] = [x0, y0, int(xs_.max()) - x0 + 1, int(ys.max()) - y0 + 1]
-        kept.append(seg)
+    seg_index = segment_index_map(ids, [seg["id"] for seg in segments], f"image {index}")
+    areas, boxes = segment_boxes(seg_index, len(segments))
+    kept = [
+        {**seg, "area": area, "bbox": box}
+        for seg, area, box in zip(segments, areas.tolist(), boxes.tolist())
+        if area
+    ]
     return np.clip(image, 0, 255).astype(np.uint8), ids, kept
-
-
-def _instances_annotations(ids: np.ndarray, segments: list[dict], image_id: int, next_id: int):
-    """COCO instances annotations (RLE) of the thing segments of one image."""
-    thing_ids = {c["id"] for c in SYNTHETIC_CATEGORIES if c["isthing"]}
-    anns = []
-    for seg in segments:
-        if seg["category_id"] not in thing_ids:
-            continue
-        rle = mask_util.encode(np.asfortranarray((ids == seg["id"]).astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        anns.append(
-            {
-                "id": next_id + len(anns),
-                "image_id": image_id,
-                "category_id": seg["category_id"],
-                "segmentation": rle,
-                "area": seg["area"],
-                "bbox": seg["bbox"],
-                "iscrowd": seg["iscrowd"],
-            }
-        )
-    return anns
 
 
 def generate_split(out_dir: str, split: str, spec: SyntheticSpec) -> None:
@@ -233,17 +203,12 @@ def generate_split(out_dir: str, split: str, spec: SyntheticSpec) -> None:
         Image.fromarray(id_to_rgb(ids)).save(
             os.path.join(out_dir, f"panoptic_{split}", stem + ".png")
         )
-        # Derived semantic PNG, made with the same functions the mapper uses.
-        index = segment_index_map(ids, [seg["id"] for seg in segments], stem)
-        is_thing, contiguous = category_labels(
-            [seg["category_id"] for seg in segments],
-            meta["thing_dataset_id_to_contiguous_id"],
-            meta["stuff_dataset_id_to_contiguous_id"],
-            stem,
+        # Derived files, made by the converter that users run on their own datasets.
+        sem, anns = separate_image(
+            ids, segments, meta, image_id, len(instances) + 1, file_name=stem
         )
-        lut = semantic_lookup(is_thing, contiguous, len(meta["thing_classes"]), THINGS_AS_ONE, 255)
-        sem = lut[index].astype(np.uint8)
         Image.fromarray(sem).save(os.path.join(out_dir, f"panoptic_semseg_{split}", stem + ".png"))
+        instances.extend(anns)
         images.append(
             {
                 "id": image_id,
@@ -255,7 +220,6 @@ def generate_split(out_dir: str, split: str, spec: SyntheticSpec) -> None:
         annotations.append(
             {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments}
         )
-        instances.extend(_instances_annotations(ids, segments, image_id, len(instances) + 1))
     categories = SYNTHETIC_CATEGORIES
     with open(os.path.join(out_dir, f"panoptic_{split}.json"), "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
