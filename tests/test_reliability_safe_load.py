@@ -7,10 +7,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from detectron2.engine import AMPTrainer
+from detectron2.engine.hooks import LRScheduler
 from helpers import REPO
 from torch import nn
 
 from panoptic_ext.checkpoint import (
+    ExactResumeHook,
     SafeCheckpointer,
     UnsafeCheckpointError,
     load_checkpoint_file,
@@ -153,3 +156,40 @@ def test_no_code_path_bypasses_the_safe_loader():
         if unsafe.search(line)
     ]
     assert not offenders, "use SafeCheckpointer / load_checkpoint_file:\n" + "\n".join(offenders)
+
+
+def _amp_trainer(model: nn.Module):
+    """AMPTrainer (CUDA is needed only to step) with a CPU grad scaler and stateful hooks."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2, 5])
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer = AMPTrainer(model, [], optimizer, grad_scaler=scaler)
+    trainer.register_hooks([LRScheduler(optimizer, scheduler), ExactResumeHook(0, False)])
+    return trainer, scheduler, scaler
+
+
+def test_checkpoint_restores_every_training_state(tmp_path):
+    """Optimizer, scheduler, iteration, grad scaler and RNG survive a weights_only round trip."""
+    model = _tiny_model()
+    trainer, scheduler, scaler = _amp_trainer(model)
+    model(torch.rand(1, 3, 8, 8)).sum().backward()
+    trainer.optimizer.step()  # momentum buffers
+    for _ in range(3):
+        scheduler.step()
+    scaler.scale(torch.ones(()))
+    scaler.update(new_scale=512.0)
+    trainer.iter = 7
+    SafeCheckpointer(model, str(tmp_path), trainer=trainer).save("model_0000007")
+    expected_rng = torch.rand(3)
+
+    fresh = _tiny_model()
+    trainer2, scheduler2, scaler2 = _amp_trainer(fresh)
+    torch.manual_seed(123)
+    SafeCheckpointer(fresh, str(tmp_path), trainer=trainer2).resume_or_load("", resume=True)
+    assert trainer2.iter == 7
+    assert scheduler2.last_epoch == 3 and scheduler2.get_last_lr() == scheduler.get_last_lr()
+    assert scaler2.get_scale() == 512.0
+    momentum = [s["momentum_buffer"] for s in trainer.optimizer.state.values()]
+    momentum2 = [s["momentum_buffer"] for s in trainer2.optimizer.state.values()]
+    assert len(momentum) == 6 and all(torch.equal(a, b) for a, b in zip(momentum, momentum2))
+    assert torch.equal(torch.rand(3), expected_rng)
