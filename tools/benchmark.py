@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> list[Bench]:
         torch.manual_seed(args.seed)
         model = build_model(cfg)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+        # lr 0: the step costs the same, and random-init FrozenBN ResNets cannot diverge.
+        optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
         # Same seed: every config sees the same images and boxes (labels sized to its classes).
         inputs = make_inputs(cfg, height, width, args.batch_size, args.seed)
         num_params = sum(p.numel() for p in model.parameters())
