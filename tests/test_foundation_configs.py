@@ -89,3 +89,35 @@ def test_class_count_mismatch_names_key_and_dataset():
     with pytest.raises(ValueError, match=r"MODEL.ROI_HEADS.NUM_CLASSES = 80.*implies 3"):
         check_class_counts(cfg)
     check_class_counts(load_cfg("quick_schedules/panoptic_fpn_synthetic.yaml"))
+
+
+def test_setup_cfg_names_the_yaml_of_an_unknown_key(tmp_path):
+    import argparse
+
+    from panoptic_ext.engine import setup_cfg
+
+    bad = tmp_path / "bad.yaml"
+    base = f"{CONFIGS}/quick_schedules/panoptic_fpn_synthetic.yaml"
+    bad.write_text(f'_BASE_: "{base}"\nSOLVER:\n  MAX_ITERS: 4\n')
+    args = argparse.Namespace(config_file=str(bad), opts=[], eval_only=False, resume=False)
+    with pytest.raises(KeyError, match=r"bad\.yaml.*SOLVER\.MAX_ITERS"):
+        setup_cfg(args)
+    args = argparse.Namespace(config_file=base, opts=["MODEL.NOPE", "1"], eval_only=False)
+    with pytest.raises(KeyError, match=r"command-line override.*MODEL\.NOPE"):
+        setup_cfg(args)
+
+
+def test_train_loader_choice_follows_grouping_and_determinism():
+    from panoptic_ext.checkpoint.data import ResumableLoader
+    from panoptic_ext.engine import Trainer
+
+    register_tiny()
+    name = "quick_schedules/panoptic_fpn_synthetic.yaml"
+    opts = ("DATASETS.SYNTHETIC.IMAGE_SIZE", 64, "DATASETS.SYNTHETIC.NUM_TRAIN", 8)
+    assert isinstance(Trainer.build_train_loader(load_cfg(name, *opts)), ResumableLoader)
+    grouped = load_cfg(name, *opts, "DATALOADER.ASPECT_RATIO_GROUPING", True)
+    assert not isinstance(Trainer.build_train_loader(grouped), ResumableLoader)
+    exact = load_cfg(
+        name, *opts, "DATALOADER.ASPECT_RATIO_GROUPING", True, "DETERMINISTIC", True, "SEED", 1
+    )
+    assert isinstance(Trainer.build_train_loader(exact), ResumableLoader)

@@ -47,8 +47,14 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """
     cfg = get_cfg()
     ext_config.add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_file(args.config_file)
+    except KeyError as e:  # detectron2 names the key; add the file it came from
+        raise KeyError(f"{args.config_file} (or its _BASE_ chain): {e.args[0]}") from e
+    try:
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError) as e:  # yacs asserts on unknown override keys
+        raise KeyError(f"command-line override: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()

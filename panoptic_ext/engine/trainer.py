@@ -6,7 +6,7 @@ import weakref
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ..checkpoint import (
+    CheckedMapper,
     ExactResumeHook,
     NanGuardHook,
     SafeCheckpointer,
@@ -83,8 +84,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        # Resumes at the interrupted data position; checks label ranges of every sample.
-        return build_resumable_train_loader(cfg, mapper=PanopticDatasetMapper(cfg, is_train=True))
+        """Training batches, every sample's labels range-checked.
+
+        In deterministic mode, or without aspect-ratio grouping, the loader resumes at the
+        interrupted batch (exact resume). Otherwise detectron2's loader keeps grouping images by
+        aspect ratio (less padding for COCO-like data) and restarts its stream on resume.
+        """
+        mapper = PanopticDatasetMapper(cfg, is_train=True)
+        if cfg.DETERMINISTIC or not cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+            return build_resumable_train_loader(cfg, mapper=mapper)
+        return build_detection_train_loader(cfg, mapper=CheckedMapper.from_config(cfg, mapper))
 
     def build_hooks(self):
         # Exact resume (RNG states, per-iteration seeding) and a NaN guard that names the loss.
