@@ -121,3 +121,12 @@ def test_train_loader_choice_follows_grouping_and_determinism():
         name, *opts, "DATALOADER.ASPECT_RATIO_GROUPING", True, "DETERMINISTIC", True, "SEED", 1
     )
     assert isinstance(Trainer.build_train_loader(exact), ResumableLoader)
+
+
+def test_panoptic_fcn_class_counts_are_checked():
+    register_tiny()
+    name = "quick_schedules/panoptic_fcn_synthetic.yaml"
+    check_class_counts(load_cfg(name))
+    key = "MODEL.PANOPTIC_FCN.POSITION_HEAD.STUFF.NUM_CLASSES"
+    with pytest.raises(ValueError, match=rf"{key} = 3.*implies 4"):
+        check_class_counts(load_cfg(name, key, 3))

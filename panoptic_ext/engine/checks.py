@@ -25,6 +25,11 @@ def expected_class_counts(cfg: CfgNode, dataset_name: str) -> dict[str, int]:
     expected = {}
     if arch in _ROI_ARCHS:
         expected["MODEL.ROI_HEADS.NUM_CLASSES"] = num_things
+    if arch == "PanopticFCN":
+        head = "MODEL.PANOPTIC_FCN.POSITION_HEAD"
+        expected[f"{head}.THING.NUM_CLASSES"] = num_things
+        with_thing = cfg.MODEL.PANOPTIC_FCN.POSITION_HEAD.STUFF.WITH_THING
+        expected[f"{head}.STUFF.NUM_CLASSES"] = num_stuff + int(with_thing)
     if arch in _SEM_SEG_ARCHS:
         fmt = cfg.INPUT.SEM_SEG_FORMAT
         if fmt == "things_as_one":
