@@ -24,7 +24,8 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
-from .fast_pq import PQCategories, PQStats, image_pq_stats, pq_average, read_panoptic_png
+from ..data.panoptic_io import read_panoptic_rows
+from .fast_pq import PQCategories, PQStats, image_pq_stats, pq_average
 
 __all__ = ["FastPanopticEvaluator", "build_panoptic_evaluator", "PANOPTIC_EVALUATORS"]
 
@@ -125,9 +126,15 @@ class FastPanopticEvaluator(DatasetEvaluator):
         return panoptic_img, out
 
     def _image_stats(self, gt_ann: dict[str, Any], pred: np.ndarray, segments: list) -> PQStats:
-        gt_ids = read_panoptic_png(os.path.join(self._gt_root, gt_ann["file_name"]))
+        gt_rows, row_index = read_panoptic_rows(os.path.join(self._gt_root, gt_ann["file_name"]))
         return image_pq_stats(
-            gt_ids, gt_ann["segments_info"], pred, segments, self._categories, gt_ann["file_name"]
+            gt_rows,
+            gt_ann["segments_info"],
+            pred,
+            segments,
+            self._categories,
+            gt_ann["file_name"],
+            gt_row_index=row_index,
         )
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
@@ -137,9 +144,10 @@ class FastPanopticEvaluator(DatasetEvaluator):
         """
         for inp, output in zip(inputs, outputs):
             panoptic_img, segments_info = output["panoptic_seg"]
-            # .copy(): the id map must not change while a worker thread reads it.
+            # A copy (compact when the ids allow): the id map must not change while a worker
+            # thread reads it.
             pred, segments = self._prediction_segments(
-                panoptic_img.cpu().numpy().copy(), segments_info
+                _compact_copy(panoptic_img.cpu().numpy()), segments_info
             )
             gt_ann = self._gt.get(inp["image_id"])
             if gt_ann is None:
@@ -206,6 +214,14 @@ class FastPanopticEvaluator(DatasetEvaluator):
         ]
         table = tabulate(per_class, headers=["category", "type", "PQ", "SQ", "RQ"], **fmt)
         logger.info("Per-class panoptic results:\n" + table)
+
+
+def _compact_copy(ids: np.ndarray) -> np.ndarray:
+    """A copy of an (H, W) id map, as uint8 when its ids fit (model outputs: ids 0..P)."""
+    if ids.size and ids.dtype.kind in "iu" and ids.dtype != np.uint8:
+        if int(ids.min()) >= 0 and int(ids.max()) < 256:
+            return ids.astype(np.uint8)
+    return ids.copy()
 
 
 # TEST.PANOPTIC_EVALUATOR -> factory(cfg, dataset_name, output_dir).

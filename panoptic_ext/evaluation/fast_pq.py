@@ -25,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
-from ..data.panoptic_io import index_map, read_panoptic_png
+from ..data.panoptic_io import index_map, read_panoptic_png, read_panoptic_rows
 from ..data.validation import category_problems
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ __all__ = [
 MATCH_IOU = 0.5
 # A false positive is ignored when more than this fraction of it lies on void / crowd pixels.
 IGNORE_FRACTION = 0.5
+# OpenCV histograms count in float32: exact while an image has fewer pixels than this.
+_EXACT_FLOAT32 = 1 << 24
 
 
 class PQCategories:
@@ -119,6 +122,7 @@ def image_pq_stats(
     pred_segments: Sequence[dict[str, Any]],
     categories: PQCategories,
     image_name: str = "",
+    gt_row_index: np.ndarray | None = None,
 ) -> PQStats:
     """PQ statistics of one image, identical to panopticapi's per-image loop.
 
@@ -131,6 +135,8 @@ def image_pq_stats(
         pred_segments: predicted ``segments_info`` (``id``, dataset ``category_id``).
         categories: the validated category table.
         image_name: named in error messages.
+        gt_row_index: when given, ``gt_ids`` holds (K, W) distinct rows and the ground truth is
+            ``gt_ids[gt_row_index]`` (as returned by ``read_panoptic_rows``).
     Returns:
         (C,) per-category statistics of this image.
     Raises:
@@ -138,10 +144,12 @@ def image_pq_stats(
             ``pred_segments`` (or the reverse), a predicted id repeats, or a predicted category
             is not in ``categories`` -- the cases where panopticapi raises.
     """
-    if gt_ids.shape != pred_ids.shape:
+    gt_ids, pred_ids = np.asarray(gt_ids), np.asarray(pred_ids)
+    gt_shape = gt_ids.shape if gt_row_index is None else (len(gt_row_index), gt_ids.shape[1])
+    if gt_shape != pred_ids.shape:
         raise ValueError(
             f"{image_name}: prediction shape {tuple(pred_ids.shape)} != ground truth "
-            f"{tuple(gt_ids.shape)}"
+            f"{tuple(gt_shape)}"
         )
     num_cats = len(categories)
     g, p = len(gt_segments), len(pred_segments)
@@ -159,18 +167,11 @@ def image_pq_stats(
     crowd = np.array([int(s.get("iscrowd", 0)) == 1 for s in gt_segments], dtype=bool)
 
     # Rows: 0 void, 1..g gt segments, g+1 ids without a gt segment; columns: 0 void, 1..p preds.
-    gi = index_map(np.asarray(gt_ids), gt_seg_ids, g + 1)
-    pi = index_map(np.asarray(pred_ids), pred_seg_ids, p + 1)
-    if (pi == p + 1).any():
-        stray = np.unique(np.asarray(pred_ids)[pi == p + 1]).tolist()
-        raise ValueError(
-            f"{image_name}: predicted ids {stray[:20]} are in the map but not in segments_info"
-        )
-    key = gi.astype(np.intp)
-    key *= p + 1  # in place: no further (H, W) temporaries
-    key += pi
-    conf = np.bincount(key.ravel(), minlength=(g + 2) * (p + 1))
-    conf = conf.reshape(g + 2, p + 1)
+    if gt_row_index is None:
+        gi = index_map(gt_ids, gt_seg_ids, g + 1)
+    else:  # codes of the distinct rows only, then expanded (a gather of small codes)
+        gi = np.take(index_map(gt_ids, gt_seg_ids, g + 1), gt_row_index, axis=0)
+    conf = _confusion(gi, g + 2, pred_ids, pred_seg_ids, image_name)
 
     pred_area = conf[:, 1:].sum(0)
     if (pred_area == 0).any():
@@ -211,6 +212,65 @@ def image_pq_stats(
     return PQStats(
         stats.iou[:num_cats], stats.tp[:num_cats], stats.fp[:num_cats], stats.fn[:num_cats]
     )
+
+
+def _confusion(
+    gi: np.ndarray, num_rows: int, pred_ids: np.ndarray, pred_seg_ids: np.ndarray, image_name: str
+) -> np.ndarray:
+    """(num_rows, P + 1) int64 pixel counts of (ground-truth code, predicted segment) pairs.
+
+    Args:
+        gi: (H, W) ground-truth codes in [0, num_rows).
+        pred_ids: (H, W) predicted ids; column 0 counts id 0 (void), column i id
+            ``pred_seg_ids[i - 1]``.
+    Raises:
+        ValueError: when a predicted id in the map is not in ``pred_seg_ids``.
+    """
+    p = len(pred_seg_ids)
+    small = None
+    if pred_ids.dtype == np.uint8:
+        small = pred_ids
+    elif pred_ids.size and pred_ids.dtype.kind in "iu":
+        if int(pred_ids.min()) >= 0 and int(pred_ids.max()) < 256:
+            small = pred_ids.astype(np.uint8)
+    if small is not None and gi.dtype == np.uint8 and gi.size < _EXACT_FLOAT32:
+        # Model ids are small: a 2-D histogram straight over (gt code, predicted id) pixels
+        # (OpenCV's table-driven 8-bit histogram; counts are exact below 2^24 in float32),
+        # then the few id columns are moved to segment positions.
+        cols = int(small.max()) + 1
+        hist = cv2.calcHist(
+            [np.ascontiguousarray(gi), np.ascontiguousarray(small)],
+            [0, 1],
+            None,
+            [num_rows, cols],
+            [0, num_rows, 0, cols],
+        ).astype(np.int64)
+        assert hist.sum() == gi.size, "histogram lost pixels"
+        listed = np.zeros(cols, dtype=bool)
+        listed[0] = True
+        keep = (pred_seg_ids > 0) & (pred_seg_ids < cols)
+        listed[pred_seg_ids[keep]] = True
+        stray = np.flatnonzero(~listed & (hist.sum(0) > 0))
+        if len(stray):
+            raise ValueError(
+                f"{image_name}: predicted ids {stray[:20].tolist()} are in the map but not in "
+                "segments_info"
+            )
+        conf = np.zeros((num_rows, p + 1), dtype=np.int64)
+        conf[:, 0] = hist[:, 0]
+        conf[:, 1 + np.flatnonzero(keep)] = hist[:, pred_seg_ids[keep]]
+        return conf
+    pi = index_map(pred_ids, pred_seg_ids, p + 1)
+    if (pi == p + 1).any():
+        stray = np.unique(pred_ids[pi == p + 1]).tolist()
+        raise ValueError(
+            f"{image_name}: predicted ids {stray[:20]} are in the map but not in segments_info"
+        )
+    key = gi.astype(np.intp)
+    key *= p + 1  # in place: no further (H, W) temporaries
+    key += pi
+    conf = np.bincount(key.ravel(), minlength=num_rows * (p + 1))
+    return conf.reshape(num_rows, p + 1)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -263,15 +323,16 @@ def pq_average(stats: PQStats, categories: PQCategories, warn: bool = True) -> d
 
 def _file_pair_stats(args: tuple) -> PQStats:
     gt_ann, pred_ann, gt_folder, pred_folder, categories = args
-    gt = read_panoptic_png(os.path.join(gt_folder, gt_ann["file_name"]))
+    gt_rows, row_index = read_panoptic_rows(os.path.join(gt_folder, gt_ann["file_name"]))
     pred = read_panoptic_png(os.path.join(pred_folder, pred_ann["file_name"]))
     return image_pq_stats(
-        gt,
+        gt_rows,
         gt_ann["segments_info"],
         pred,
         pred_ann["segments_info"],
         categories,
         gt_ann["file_name"],
+        gt_row_index=row_index,
     )
 
 
