@@ -54,22 +54,38 @@ BENCH_CATEGORIES = [
 ]
 
 
-def _random_segments(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[dict]]:
-    """(H, W) int64 ground-truth ids (random 24-bit, like COCO) and their segments_info."""
+def _random_segments(
+    rng: np.random.Generator, h: int, w: int, shapes: str = "boxes"
+) -> tuple[np.ndarray, list[dict]]:
+    """(H, W) int64 ground-truth ids (random 24-bit, like COCO) and their segments_info.
+
+    ``shapes="boxes"``: horizontal stuff bands and rectangular things (many image rows repeat
+    the row above); ``"blobs"``: wavy stuff boundaries and elliptic things, so that, as in real
+    label maps, almost every row differs from the row above.
+    """
     ids = np.zeros((h, w), np.int64)
     stuff = [c["id"] for c in BENCH_CATEGORIES if not c["isthing"]]
     things = [c["id"] for c in BENCH_CATEGORIES if c["isthing"] and c["name"] != "never_seen"]
     cats, crowd = {}, {}
+    yy, xx = np.mgrid[:h, :w]
     bounds = np.sort(rng.integers(1, h, 2))
     for k, (y0, y1) in enumerate(zip([0, *bounds], [*bounds, h])):
         sid = int(rng.integers(1, 1 << 24))
-        ids[y0:y1] = sid
+        if shapes == "blobs" and k:
+            wave = y0 + h / 20 * np.sin(xx / rng.uniform(5, 40) + rng.uniform(0, 6.3))
+            ids[yy >= wave] = sid
+        else:
+            ids[y0:y1] = sid
         cats[sid], crowd[sid] = stuff[k % len(stuff)], 0
     for _ in range(int(rng.integers(0, 12))):
         sh, sw = int(rng.integers(4, h // 3)), int(rng.integers(4, w // 3))
         y0, x0 = int(rng.integers(0, h - sh)), int(rng.integers(0, w - sw))
         sid = int(rng.integers(1, 1 << 24))
-        ids[y0 : y0 + sh, x0 : x0 + sw] = sid
+        if shapes == "blobs":
+            cy, cx = y0 + sh / 2, x0 + sw / 2
+            ids[((yy - cy) / (sh / 2)) ** 2 + ((xx - cx) / (sw / 2)) ** 2 < 1] = sid
+        else:
+            ids[y0 : y0 + sh, x0 : x0 + sw] = sid
         cats[sid], crowd[sid] = int(rng.choice(things)), int(rng.random() < 0.1)
     ids[: int(rng.integers(0, 6))] = 0  # void border
     vals, counts = np.unique(ids, return_counts=True)
@@ -133,14 +149,23 @@ def _prediction(
 
 
 def make_benchmark_dataset(
-    root: str, name: str, num_images: int, height: int, width: int, seed: int = 0
+    root: str,
+    name: str,
+    num_images: int,
+    height: int,
+    width: int,
+    seed: int = 0,
+    shapes: str = "boxes",
 ) -> list[tuple[dict, dict]]:
-    """Write ground truth under ``root``, register ``name`` and return (input, output) pairs."""
+    """Write ground truth under ``root``, register ``name`` and return (input, output) pairs.
+
+    ``shapes``: "boxes" or "blobs", see :func:`_random_segments`.
+    """
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(root, "panoptic"), exist_ok=True)
     gts, annotations, images = [], [], []
     for i in range(num_images):
-        ids, segments = _random_segments(rng, height, width)
+        ids, segments = _random_segments(rng, height, width, shapes)
         stem = f"{i:06d}"
         Image.fromarray(id_to_rgb(ids)).save(os.path.join(root, "panoptic", stem + ".png"))
         images.append({"id": i, "file_name": stem + ".jpg", "height": height, "width": width})
@@ -225,6 +250,13 @@ def main() -> None:
         "before each process() and report only the time they add to it",
     )
     parser.add_argument(
+        "--shapes",
+        choices=("boxes", "blobs"),
+        default="boxes",
+        help="ground-truth segments: bands and rectangles, or wavy bands and ellipses (almost "
+        "no PNG row repeats the row above, as in real label maps)",
+    )
+    parser.add_argument(
         "--repeats", type=int, default=3, help="interleaved runs of both paths; medians reported"
     )
     args = parser.parse_args()
@@ -232,10 +264,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_pq") as root:
         t0 = time.perf_counter()
         pairs = make_benchmark_dataset(
-            root, "bench_pq", args.num_images, args.height, args.width, args.seed
+            root, "bench_pq", args.num_images, args.height, args.width, args.seed, args.shapes
         )
         print(
-            f"generated {args.num_images} images {args.width}x{args.height} "
+            f"generated {args.num_images} images {args.width}x{args.height} ({args.shapes}) "
             f"in {time.perf_counter() - t0:.1f}s"
         )
         # Interleaved repeats (the order alternates) so that both paths see the same load on a
