@@ -1,6 +1,7 @@
 """The fast PNG path (libdeflate + libpng on the distinct rows) decodes exactly like OpenCV."""
 
 import io
+import zlib
 
 import cv2
 import numpy as np
@@ -93,3 +94,10 @@ def test_missing_and_corrupt_png_are_named(tmp_path):
     path.write_bytes(buf.getvalue()[:-30])  # IDAT cut short
     with pytest.raises(FileNotFoundError, match="bad.png"):
         read_panoptic_png(str(path))
+
+
+def test_stored_zlib_stream_round_trips():
+    rng = np.random.default_rng(2)
+    for n in (0, 1, 65535, 65536, 200_001):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert zlib.decompress(panoptic_io._stored_zlib(data)) == data

@@ -191,7 +191,7 @@ def decode_png_rows(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     raw = np.frombuffer(raw, np.uint8).reshape(height, stride)
     filters = raw[:, 0]
-    repeat = np.isin(filters, _REPEAT_FILTERS)
+    repeat = (filters == _REPEAT_FILTERS[0]) | (filters == _REPEAT_FILTERS[1])
     repeat[repeat] = ~raw[repeat, 1:].any(axis=1)
     repeat[0] = False
     keep = ~repeat
@@ -202,7 +202,7 @@ def decode_png_rows(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
         (
             _PNG_SIGNATURE,
             _png_chunk(b"IHDR", struct.pack(">II", width, len(rows)) + header[8:]),
-            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 0)),
+            _png_chunk(b"IDAT", _stored_zlib(rows.tobytes())),
             _png_chunk(b"IEND", b""),
         )
     )
@@ -212,6 +212,20 @@ def decode_png_rows(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     return image, row_index
 
 
+def _stored_zlib(data: bytes) -> bytes:
+    """``data`` as a zlib stream of uncompressed deflate blocks (what ``zlib.compress(data, 0)``
+    makes, with libdeflate's faster checksum)."""
+    view, step = memoryview(data), 0xFFFF
+    parts = [b"\x78\x01"]
+    for start in range(0, max(len(data), 1), step):
+        block = view[start : start + step]
+        final = start + step >= len(data)
+        parts += [struct.pack("<BHH", final, len(block), 0xFFFF ^ len(block)), block]
+    parts.append(struct.pack(">I", _libdeflate.adler32(data)))
+    return b"".join(parts)
+
+
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(kind))
+    crc32 = _libdeflate.crc32 if _libdeflate is not None else zlib.crc32
+    crc = crc32(payload, crc32(kind))
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
