@@ -14,7 +14,7 @@ have() { "$PY" -c "import $1" >/dev/null 2>&1; }
 missing=$("$PY" - <<'PY'
 import importlib.util
 mods = {"torch": "torch==2.14.1", "torchvision": "torchvision==0.29.1", "cv2": "opencv-python-headless==4.12.0.88",
-        "pycocotools": "pycocotools", "fvcore": "fvcore", "iopath": "iopath", "pytest": "pytest", "ruff": "ruff"}
+        "pycocotools": "pycocotools", "fvcore": "fvcore", "iopath": "iopath", "deflate": "deflate", "pytest": "pytest", "ruff": "ruff"}
 print(" ".join(v for k, v in mods.items() if importlib.util.find_spec(k) is None))
 PY
 )
