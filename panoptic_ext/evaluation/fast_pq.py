@@ -6,8 +6,9 @@ same void / crowd handling, ground-truth areas taken from the json like panoptic
 * one image at a time: :func:`image_pq_stats` turns a (ground truth, prediction) pair of id maps
   into per-category ``(iou, tp, fp, fn)`` sums, so statistics accumulate as predictions arrive and
   nothing but a few small arrays is kept;
-* all segment pairs of an image are matched at once from one ``bincount`` confusion matrix
-  instead of a sort of ``H*W`` uint64 labels and Python loops over pairs;
+* all segment pairs of an image are matched at once from one confusion matrix (an 8-bit 2-D
+  histogram of ground-truth codes and predicted ids, or a ``bincount`` for large ids) instead of
+  a sort of ``H*W`` uint64 labels and Python loops over pairs;
 * categories whose split has no segment at all are skipped with a warning instead of dividing
   by zero, and category ids / ``isthing`` are checked before anything is computed.
 
