@@ -1,6 +1,7 @@
 """tools/convert_panoptic_fcn_official.py on a state dict with the official names and shapes
 (generated here from the key table of the official R50 model, no official code)."""
 
+import functools
 import importlib.util
 import os
 
@@ -13,6 +14,7 @@ from panoptic_ext.modeling.panoptic_fcn.official_keys import official_to_ours, o
 R50_1X = "COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml"
 
 
+@functools.cache
 def _load_tool():
     path = os.path.join(REPO, "tools", "convert_panoptic_fcn_official.py")
     spec = importlib.util.spec_from_file_location("convert_panoptic_fcn_official", path)

@@ -16,6 +16,7 @@ PIXEL_MEAN [123.675, 116.28, 103.53] and PIXEL_STD 1, as in the COCO configs.
 """
 
 import argparse
+import functools
 import os
 import sys
 
@@ -37,8 +38,9 @@ DEFAULT_CONFIG = os.path.join(
 )
 
 
-def expected_state_dict(config_file: str, opts: list[str]) -> dict[str, torch.Tensor]:
-    """State dict of our model (random init, CPU) built from ``config_file``."""
+@functools.lru_cache(maxsize=2)
+def expected_state_dict(config_file: str, opts: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """State dict of our model (random init, CPU) built from ``config_file`` (cached)."""
     cfg = get_cfg()
     panoptic_ext.add_panoptic_ext_config(cfg)
     cfg.merge_from_file(config_file)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     official = official_model_state(args.input)
     converted, report = convert_official_state_dict(
-        official, expected_state_dict(args.config_file, args.opts)
+        official, expected_state_dict(args.config_file, tuple(args.opts))
     )
     print(f"matched:   {len(report['matched'])} / {len(official)} official entries")
     for key in ("unmatched", "shape_mismatch", "missing"):
