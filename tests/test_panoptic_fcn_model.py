@@ -7,6 +7,8 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 from helpers import TINY_OPTS, build_tiny_model, load_cfg, tiny_batch
 
+from panoptic_ext.modeling.panoptic_fcn.layers import ModulatedDeformConvBlock
+
 CONFIGS = [
     "quick_schedules/panoptic_fcn_synthetic.yaml",
     "COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml",
@@ -134,3 +136,18 @@ def test_bad_config_names_the_key():
     cfg = load_cfg(CONFIGS[0], *SHRINK, "MODEL.PANOPTIC_FCN.KERNEL_HEAD.INSTANCE_SCALES", [[1, 2]])
     with pytest.raises(ValueError, match="INSTANCE_SCALES"):
         build_tiny_model(cfg)
+
+
+def test_deformable_conv_survives_non_finite_offsets():
+    # torchvision's CPU deform_conv2d reads out of bounds (segfault) on inf/NaN offsets, which a
+    # random-init R50 (identity FrozenBN) produces; the block sanitises them.
+    block = ModulatedDeformConvBlock(4, 4, norm="", bias=True)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        block.offset_mask_conv.bias[:9] = float("inf")
+        block.offset_mask_conv.bias[9:18] = float("nan")
+        y = block(x)
+        block.offset_mask_conv.bias[:18] = 1e6  # far outside the map: every sample is zero
+        far = block(x)
+    assert torch.isfinite(y).all()
+    assert torch.equal(far, torch.relu(block.bias.view(1, -1, 1, 1).expand_as(far)))

@@ -52,7 +52,10 @@ class ModulatedDeformConvBlock(nn.Module):
             x = x.float()
             out = self.offset_mask_conv(x)
             o1, o2, m = out.chunk(3, dim=1)
-            offset = torch.cat([o1, o2], dim=1)
+            # torchvision's CPU kernel indexes memory with non-finite offsets (segfault). Any
+            # |offset| >= H + W samples outside the map, so clamping there changes nothing.
+            lim = float(x.shape[-2] + x.shape[-1])
+            offset = torch.cat([o1, o2], dim=1).nan_to_num(0.0, lim, -lim).clamp(-lim, lim)
             y = deform_conv2d(
                 x,
                 offset,
