@@ -42,8 +42,8 @@ def register_config_datasets(cfg: CfgNode) -> list[str]:
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """Build the frozen config from ``args.config_file`` and ``args.opts`` and set up logging.
 
-    Unknown keys raise detectron2's ``KeyError: 'Non-existent config key: ...'``. Without CUDA,
-    ``MODEL.DEVICE`` falls back to "cpu" so every config runs on any machine.
+    Unknown keys raise a ``KeyError`` naming the key and the yaml file (or the override). Without
+    CUDA, ``MODEL.DEVICE`` falls back to "cpu" (with a warning) so every config runs anywhere.
     """
     cfg = get_cfg()
     ext_config.add_panoptic_ext_config(cfg)
@@ -56,6 +56,9 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     except (KeyError, AssertionError) as e:  # yacs asserts on unknown override keys
         raise KeyError(f"command-line override: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(
+            "MODEL.DEVICE=%s but CUDA is not available: running on cpu", cfg.MODEL.DEVICE
+        )
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     register_config_datasets(cfg)
