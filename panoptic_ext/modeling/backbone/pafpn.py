@@ -10,8 +10,6 @@ The top-down part *is* detectron2's :class:`FPN` (same modules, init and names `
 ``pa_down{s}`` (stride 2, applied to N_s) and ``pa_out{s}`` (producing N_s).
 """
 
-import math
-
 import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
@@ -105,9 +103,7 @@ class PAFPN(FPN):
         if bottom_up_path:
             use_bias = pa_norm == ""
             activation = F.relu if pa_activation else None
-            levels = [
-                int(math.log2(self._out_feature_strides[f"p{i}"])) for i in self._fpn_levels()
-            ]
+            levels = self._fpn_levels()
             for src, dst in zip(levels[:-1], levels[1:]):
                 down = Conv2d(
                     out_channels,
