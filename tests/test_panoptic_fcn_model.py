@@ -100,7 +100,10 @@ def test_batched_inference_equals_single_images():
     _check_outputs(batched, inputs)
     assert sum(len(b["instances"]) for b in batched) > 0
     for b, s in zip(batched, single):
-        assert torch.allclose(b["instances"].scores, s["instances"].scores, atol=1e-5)
+        # Scores include maskness (mean over thresholded pixels): one borderline pixel that
+        # rounds differently between batch sizes moves it by ~1/area, as the 0.1% mask
+        # tolerance below allows. A batching bug shows up as whole-image differences.
+        assert torch.allclose(b["instances"].scores, s["instances"].scores, atol=1e-3)
         assert torch.equal(b["instances"].pred_classes, s["instances"].pred_classes)
         agree = (b["instances"].pred_masks == s["instances"].pred_masks).float().mean()
         assert agree > 0.999
