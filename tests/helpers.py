@@ -40,6 +40,16 @@ TINY_OPTS = [
     "cpu",
 ]
 
+# Random-init Panoptic FPN predicts nothing above detectron2's thresholds: keep every detection so
+# that the panoptic output has things as well as stuff.
+KEEP_ALL_DETECTIONS_OPTS = [
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
+    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", 0.0,
+    "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 0.0,
+    "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", 16,
+    "TEST.DETECTIONS_PER_IMAGE", 5,
+]  # fmt: skip
+
 
 def config_path(name: str) -> str:
     return os.path.join(CONFIGS, name)

@@ -10,23 +10,21 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
-from helpers import TINY_OPTS, build_tiny_model, config_path, load_cfg, register_tiny
+from helpers import (
+    KEEP_ALL_DETECTIONS_OPTS,
+    TINY_OPTS,
+    build_tiny_model,
+    config_path,
+    load_cfg,
+    register_tiny,
+)
 from PIL import Image
 
 from panoptic_ext.engine import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "quick_schedules/panoptic_fpn_synthetic.yaml"
-# Random init predicts nothing above detectron2's thresholds: keep every detection so the
-# panoptic output has things as well as stuff.
-OPTS = [
-    *TINY_OPTS,
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", 0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", 16,
-    "TEST.DETECTIONS_PER_IMAGE", 5,
-]  # fmt: skip
+OPTS = [*TINY_OPTS, *KEEP_ALL_DETECTIONS_OPTS]
 
 
 def _demo():

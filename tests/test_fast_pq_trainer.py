@@ -3,23 +3,14 @@
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from helpers import TINY_OPTS, build_tiny_model, load_cfg, register_tiny
+from helpers import KEEP_ALL_DETECTIONS_OPTS, TINY_OPTS, build_tiny_model, load_cfg, register_tiny
 from torch import nn
 
 from panoptic_ext.data.panoptic_io import read_panoptic_png
 from panoptic_ext.engine import Trainer, build_evaluators
 from panoptic_ext.evaluation import FastPanopticEvaluator
 
-# Keep every detection of the random-init model so that things reach the panoptic output.
-OPTS = [
-    *TINY_OPTS,
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", 0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", 16,
-    "TEST.DETECTIONS_PER_IMAGE", 5,
-    "TEST.EVALUATORS", ["panoptic"],
-]  # fmt: skip
+OPTS = [*TINY_OPTS, *KEEP_ALL_DETECTIONS_OPTS, "TEST.EVALUATORS", ["panoptic"]]
 
 
 class ShiftedGroundTruth(nn.Module):
