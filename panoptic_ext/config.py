@@ -14,6 +14,7 @@ from .modeling.backbone.pafpn import add_pafpn_config
 from .modeling.panoptic_fcn.config import add_panoptic_fcn_config
 from .modeling.roi_heads.panet import add_panet_config
 from .modeling.semantic_fpn import add_semantic_fpn_config
+from .solver.config import add_solver_config
 
 __all__ = ["add_panoptic_ext_config"]
 
@@ -22,6 +23,7 @@ _ADDERS = (
     add_engine_config,
     add_evaluation_config,
     add_reliability_config,
+    add_solver_config,
     add_semantic_fpn_config,
     add_pafpn_config,
     add_panet_config,

@@ -22,6 +22,7 @@ from ..checkpoint import (
     build_resumable_train_loader,
 )
 from ..data import PanopticDatasetMapper
+from ..solver import build_lr_scheduler
 from .checks import check_class_counts
 from .evaluators import build_evaluators
 
@@ -81,6 +82,11 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode) -> nn.Module:
         check_class_counts(cfg)
         return super().build_model(cfg)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        # detectron2's schedules plus "WarmupPolyLR" (Panoptic FCN's official schedule).
+        return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
