@@ -118,3 +118,13 @@ def test_translation_table_names_existing_keys(tool):
             config_path("quick_schedules/panoptic_fcn_synthetic.yaml"),
             ["MODEL.PANOPTIC_FCN.POSITION_HEAD.THING.LEVEL_TOP_NUM", 10],
         )
+
+
+def test_instance_order_of_tied_scores_is_free(tool):
+    ours, theirs = _output(), _output()
+    ours["instances"].scores = torch.tensor([0.7, 0.7])
+    theirs["instances"].scores = torch.tensor([0.7, 0.7])
+    theirs["instances"].pred_classes = torch.tensor([0, 2])  # same pairs, other order
+    assert tool.compare_outputs(ours, theirs).ok
+    theirs["instances"].pred_classes = torch.tensor([0, 1])
+    assert "instance classes differ" in " ".join(tool.compare_outputs(ours, theirs).problems)

@@ -3,7 +3,8 @@
 
     python tools/compare_panoptic_fcn_official.py --official-root /path/to/PanopticFCN \\
         [--config-file OURS.yaml] [--official-config-file THEIRS.yaml] [--weights OURS.pth] \\
-        [--num-images N] [--size HxW] [--images dataset|random|blank] [KEY VALUE ...]
+        [--num-images N] [--size HxW] [--images dataset|random|blank] [--our-batch]
+        [--no-calibrate] [KEY VALUE ...]
 
 The official package ``panopticfcn`` is imported at run time from the user's checkout
 (``--official-root``); nothing of it is part of this project. Both models are built on CPU and
@@ -28,7 +29,8 @@ so the pair really is "the same model". Our keys that the official code hard-cod
 Both run in eval mode, one image per forward (the official inference only supports batch 1), on
 the same dataset dicts ``{"image": uint8 CxHxW in INPUT.FORMAT, "height", "width"}``: images of
 ``DATASETS.TEST[0]`` through our test mapper (resized per our cfg, or to ``--size``), smooth
-random images, or a uniform grey image (``blank``: no things). Compared per image:
+random images, or a uniform grey image (``blank``). With ``--our-batch`` our model runs all
+images as ONE batch (the official one still one by one). Compared per image:
 
 * intermediates via forward hooks: backbone P2-P7, encoded feature, position-head and
   kernel-head maps per level (fail above a relative difference of ``INTERMEDIATE_RTOL``), and the
@@ -226,10 +228,17 @@ def match_segments(
 
 
 def _instances_fields(inst: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, classes) of an ``Instances``; empty tensors for the official list-valued one."""
+    """(scores, classes) of an ``Instances``, sorted by (score rounded to 1e-6, class) so that
+    the arbitrary order of exactly tied scores does not count; empty tensors for the official
+    list-valued empty ``Instances``."""
     if len(inst.scores) == 0:
         return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    return _tensor(inst.scores).float().cpu(), _tensor(inst.pred_classes).long().cpu()
+    scores = _tensor(inst.scores).float().cpu()
+    classes = _tensor(inst.pred_classes).long().cpu()
+    order = torch.argsort(classes, stable=True)
+    key = (scores[order].double() * 1e6).round()
+    order = order[torch.argsort(key, descending=True, stable=True)]
+    return scores[order], classes[order]
 
 
 def compare_outputs(ours: dict, theirs: dict, tol: Tolerance | None = None) -> Comparison:
@@ -293,7 +302,7 @@ def compare_outputs(ours: dict, theirs: dict, tol: Tolerance | None = None) -> C
             problems.append(f"instance counts differ: ours {n_inst[0]}, official {n_inst[1]}")
         else:
             if not torch.equal(cl_a, cl_b):
-                problems.append("instance classes differ (in score order)")
+                problems.append("instance classes differ (in score order, ties by class)")
             if len(sc_a):
                 max_score = max(max_score, float((sc_a - sc_b).abs().max()))
     if max_score > tol.score_atol:
@@ -573,21 +582,25 @@ class Recorder:
         return v
 
 
-def flatten_intermediates(rec: dict[str, list], official: bool) -> dict[str, torch.Tensor]:
-    """Common-named tensors: p2..p7, encode_feat, center/region/kernel maps per level, kernels."""
+def flatten_intermediates(
+    rec: dict[str, list], official: bool, index: int = 0
+) -> dict[str, torch.Tensor]:
+    """Common-named tensors of batch item ``index``: p2..p7, encode_feat, center/region/kernel
+    maps per level, embedded thing kernels."""
     out: dict[str, torch.Tensor] = {}
+    sl = slice(index, index + 1)
     for k, v in rec["backbone"][0].items():
-        out[f"backbone.{k}"] = v
-    out["encode_feat"] = rec["encoder"][0]
+        out[f"backbone.{k}"] = v[sl]
+    out["encode_feat"] = rec["encoder"][0][sl]
     for lvl, (c, r) in enumerate(rec["position_head"]):
-        out[f"center_logits[{lvl}]"] = c
-        out[f"region_logits[{lvl}]"] = r
+        out[f"center_logits[{lvl}]"] = c[sl]
+        out[f"region_logits[{lvl}]"] = r[sl]
     for lvl, k in enumerate(rec["kernel_head"]):
-        out[f"kernel_map[{lvl}]"] = k
+        out[f"kernel_map[{lvl}]"] = k[sl]
     if rec.get("thing_kernels"):
         k = rec["thing_kernels"][0]
-        # official: (1, E, n, 1) embed conv output; ours: (1, n_padded, E) before fusion
-        out["thing_kernels*"] = k[0, :, :, 0].T if official else k[0]
+        # official: (1, E, n, 1) embed conv output; ours: (N, n_padded, E) before fusion
+        out["thing_kernels*"] = k[0, :, :, 0].T if official else k[index]
     return out
 
 
@@ -627,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default=None, help="HxW model input size")
     parser.add_argument("--images", choices=("dataset", "random", "blank"), default="dataset")
     parser.add_argument("--no-calibrate", action="store_true", help="plain random init")
+    parser.add_argument("--our-batch", action="store_true", help="ours: all images in one batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE (our key names)")
     args = parser.parse_args(argv)
@@ -690,10 +704,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(header)
         print("-" * len(header))
-        for item in inputs:
+        batch_out, batch_rec = None, None
+        if args.our_batch:  # ours: all images in one forward; official: one at a time
+            if len({tuple(it["image"].shape) for it in inputs}) != 1:
+                raise SystemExit("--our-batch needs equal input sizes (padding changes features)")
+            with torch.no_grad():
+                batch_out = ours(
+                    [{k: it[k] for k in ("image", "height", "width")} for it in inputs]
+                )
+            batch_rec = rec_a.pop()
+            print(f"ours: one batch of {len(inputs)} images")
+        for idx, item in enumerate(inputs):
             x = {k: item[k] for k in ("image", "height", "width")}
             with torch.no_grad():
-                out_a = ours([dict(x)])[0]
+                out_a = batch_out[idx] if batch_out else ours([dict(x)])[0]
                 try:
                     out_b = theirs([dict(x)])[0]
                 except Exception as e:  # the official code's crash paths (see docstring)
@@ -702,8 +726,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{item['name']:<22} official raised {type(e).__name__}: {e}")
                     failed += 1
                     continue
+            ours_rec, ours_idx = (batch_rec, idx) if batch_rec else (rec_a.pop(), 0)
             inter = compare_intermediates(
-                flatten_intermediates(rec_a.pop(), False), flatten_intermediates(rec_b.pop(), True)
+                flatten_intermediates(ours_rec, False, ours_idx),
+                flatten_intermediates(rec_b.pop(), True),
             )
             worst = max((r for r in inter if r[3]), key=lambda r: r[2], default=("-", 0, 0, 1))
             res = compare_outputs(out_a, out_b, tol)
