@@ -21,10 +21,10 @@ get the SAME weights:
 Configs: ours from ``--config-file`` + ``KEY VALUE`` overrides (our key names). The official
 config is the official defaults (``add_panopticfcn_config``) + ``--official-config-file`` if
 given, then every model/inference key of ours is translated to the official name
-(``OFFICIAL_KEYS``). With an official yaml, any key it sets differently from ours is an error,
-so the pair really is "the same model". Our keys that the official code hard-codes
-(per-level candidate cap = TOP_NUM // 2, smoothing pools [3,3,3,5,5], peak pool 3, score floor
-0.05) must keep those values.
+(``OFFICIAL_KEYS``). With an official yaml, the keys it sets differently from ours are listed,
+and any of them not given as ``KEY VALUE`` is an error, so the pair really is the same model.
+Our keys that the official code hard-codes (per-level candidate cap = TOP_NUM // 2, smoothing
+pools [3,3,3,5,5], peak pool 3, score floor 0.05) must keep those values.
 
 Both run in eval mode, one image per forward (the official inference only supports batch 1), on
 the same dataset dicts ``{"image": uint8 CxHxW in INPUT.FORMAT, "height", "width"}``: images of
@@ -403,10 +403,13 @@ def our_config(config_file: str, opts: list[str]) -> CfgNode:
     return cfg
 
 
-def official_config(official, ours: CfgNode, official_file: str | None) -> CfgNode:
+def official_config(
+    official, ours: CfgNode, official_file: str | None, overridden: frozenset[str] = frozenset()
+) -> CfgNode:
     """Official cfg: its defaults [+ its yaml], then our values under the official names.
 
-    Raises SystemExit when the official yaml sets a model key differently from ours.
+    Raises SystemExit when the official yaml sets a model key differently from ours, unless
+    that key of ours is in ``overridden`` (given on the command line for both sides).
     """
     cfg = get_cfg()
     official.add_panopticfcn_config(cfg)
@@ -422,6 +425,13 @@ def official_config(official, ours: CfgNode, official_file: str | None) -> CfgNo
             print("config values that differ (ours are used on both sides):")
             for d in diff:
                 print("    " + d)
+        bad = [
+            theirs
+            for k, theirs in OFFICIAL_KEYS.items()
+            if k not in overridden and _plain(_get(file_cfg, theirs)) != _plain(_get(ours, k))
+        ]
+        if bad:
+            raise SystemExit(f"{official_file} and our config differ in {bad} (not overridden)")
     for k, theirs in OFFICIAL_KEYS.items():
         _set(cfg, theirs, _get(ours, k))
     cfg.MODEL.DEVICE = "cpu"
@@ -648,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
 
     official = import_official(args.official_root)
     cfg = our_config(args.config_file, args.opts)
-    ocfg = official_config(official, cfg, args.official_config_file)
+    overridden = frozenset(args.opts[0::2])
+    ocfg = official_config(official, cfg, args.official_config_file, overridden)
     inputs = make_inputs(cfg, args.images, args.num_images, parse_size(args.size))
 
     with official_shims():
