@@ -10,9 +10,12 @@ import copy
 from collections.abc import Callable
 
 import torch
+from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 from torch import nn
+
+from .roi_align_grad import roi_align_with_sparse_grad
 
 __all__ = ["AdaptiveFeaturePooler", "PerLevelFirstLayerMixin", "fuse_levels"]
 
@@ -63,7 +66,33 @@ class AdaptiveFeaturePooler(nn.Module):
         if len(box_lists) == 0:
             return x[0].new_zeros((len(x), 0, x[0].shape[1], *self.output_size))
         rois = convert_boxes_to_pooler_format(box_lists)
-        return torch.stack([pooler(feat, rois) for pooler, feat in zip(self.level_poolers, x)])
+        return torch.stack(
+            [_pool(pooler, feat, rois) for pooler, feat in zip(self.level_poolers, x)]
+        )
+
+
+def _pool(pooler: nn.Module, feat: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    """One level's RoI op; on CPU in training, RoIAlign with the fast sparse-matrix backward.
+
+    Same forward output either way; the gradient equals torchvision's up to float rounding.
+    """
+    fast = (
+        isinstance(pooler, ROIAlign)
+        and pooler.sampling_ratio > 0
+        and feat.device.type == "cpu"
+        and feat.requires_grad
+        and torch.is_grad_enabled()
+    )
+    if not fast:
+        return pooler(feat, rois)
+    return roi_align_with_sparse_grad(
+        feat,
+        rois,
+        pooler.output_size,
+        pooler.spatial_scale,
+        pooler.sampling_ratio,
+        pooler.aligned,
+    )
 
 
 class PerLevelFirstLayerMixin:
