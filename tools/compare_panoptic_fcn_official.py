@@ -74,13 +74,13 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import panoptic_ext  # noqa: E402
 from panoptic_ext.checkpoint.safe_load import load_checkpoint_file  # noqa: E402
 from panoptic_ext.data import PanopticDatasetMapper  # noqa: E402
 from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
 from panoptic_ext.modeling.panoptic_fcn.official_keys import (  # noqa: E402
     convert_official_state_dict,
     ours_to_official,
+    panoptic_fcn_cpu_config,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -387,12 +387,7 @@ def _plain(v: Any) -> Any:
 
 
 def our_config(config_file: str, opts: list[str]) -> CfgNode:
-    cfg = get_cfg()
-    panoptic_ext.add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    if cfg.MODEL.META_ARCHITECTURE != "PanopticFCN":
-        raise SystemExit(f"{config_file}: MODEL.META_ARCHITECTURE is not PanopticFCN")
+    cfg = panoptic_fcn_cpu_config(config_file, opts)
     if cfg.MODEL.BACKBONE.NAME != "build_resnet_fpn_p6p7_from_p5_backbone":
         raise SystemExit(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME}: no official equivalent")
     p = cfg.MODEL.PANOPTIC_FCN.POSITION_HEAD.THING

@@ -21,15 +21,14 @@ import os
 import sys
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import panoptic_ext  # noqa: E402
 from panoptic_ext.checkpoint.safe_load import load_checkpoint_file  # noqa: E402
 from panoptic_ext.modeling.panoptic_fcn.official_keys import (  # noqa: E402
     convert_official_state_dict,
+    panoptic_fcn_cpu_config,
 )
 
 DEFAULT_CONFIG = os.path.join(
@@ -41,13 +40,7 @@ DEFAULT_CONFIG = os.path.join(
 @functools.lru_cache(maxsize=2)
 def expected_state_dict(config_file: str, opts: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """State dict of our model (random init, CPU) built from ``config_file`` (cached)."""
-    cfg = get_cfg()
-    panoptic_ext.add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    if cfg.MODEL.META_ARCHITECTURE != "PanopticFCN":
-        raise SystemExit(f"{config_file}: MODEL.META_ARCHITECTURE is not PanopticFCN")
-    return build_model(cfg).state_dict()
+    return build_model(panoptic_fcn_cpu_config(config_file, opts)).state_dict()
 
 
 def official_model_state(path: str) -> dict[str, torch.Tensor]:
