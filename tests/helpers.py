@@ -1,6 +1,8 @@
 """Small helpers for the tests: configs, tiny models and batches built from the synthetic set."""
 
+import importlib.util
 import os
+from types import ModuleType
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -12,6 +14,17 @@ from panoptic_ext.data import PanopticDatasetMapper
 from panoptic_ext.data.datasets import register_synthetic_datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(relpath: str) -> ModuleType:
+    """Import a script of the repository (e.g. "tools/convert_dataset.py") as a module."""
+    name = os.path.splitext(os.path.basename(relpath))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 CONFIGS = os.path.join(REPO, "configs")
 
 # Tiny synthetic split used by unit tests (the quick schedules use the default sizes).

@@ -1,11 +1,11 @@
 """Builtin COCO / Cityscapes panoptic names register from files under DETECTRON2_DATASETS."""
 
-import importlib.util
 import os
 import shutil
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from helpers import load_script
 
 from panoptic_ext.data.datasets.builtin import (
     BUILTIN_PANOPTIC_SPLITS,
@@ -63,11 +63,7 @@ def test_builtin_names_register_when_files_exist(tmp_path, capsys, unregister):
     assert MetadataCatalog.get("cityscapes_fine_panoptic_val_ext").get("sem_seg_root") is None
 
     # The validator finds Cityscapes images in their city folders through the dataset dicts.
-    spec = importlib.util.spec_from_file_location(
-        "vd", os.path.join(REPO, "tools", "validate_dataset.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/validate_dataset.py")
     assert tool.main(["--dataset", "cityscapes_fine_panoptic_val_ext"]) == 0, (
         capsys.readouterr().out
     )

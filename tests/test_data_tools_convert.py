@@ -1,11 +1,11 @@
 """tools/convert_dataset.py: panoptic -> separated -> panoptic round trip and overlap policies."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+from helpers import load_script
 from PIL import Image
 
 from panoptic_ext.data.converters import merge_image_to_panoptic
@@ -17,12 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_dataset", os.path.join(REPO, "tools", "convert_dataset.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_dataset.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """demo/demo.py gives the evaluation path's segmentation, checks INPUT.FORMAT, reads inputs."""
 
-import importlib.util
 import json
 import os
 
@@ -16,6 +15,7 @@ from helpers import (
     build_tiny_model,
     config_path,
     load_cfg,
+    load_script,
     register_tiny,
 )
 from PIL import Image
@@ -28,10 +28,7 @@ OPTS = [*TINY_OPTS, *KEEP_ALL_DETECTIONS_OPTS]
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "demo", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo/demo.py")
 
 
 class _Capture(DatasetEvaluator):

@@ -1,13 +1,13 @@
 """tools/validate_dataset.py reports each planted problem with its file and id, and nothing on
 a clean dataset."""
 
-import importlib.util
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+from helpers import load_script
 from PIL import Image
 
 from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
@@ -37,10 +37,7 @@ def _paths(root):
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("validate_dataset", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.relpath(TOOL, REPO))
 
 
 @pytest.fixture

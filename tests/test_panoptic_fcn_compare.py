@@ -1,22 +1,15 @@
 """The parts of tools/compare_panoptic_fcn_official.py that need no official code: the output
 comparison (segment matching, tolerances) and the config translation tables."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 from detectron2.structures import Instances
-from helpers import REPO, config_path
+from helpers import config_path, load_script
 
 
 @pytest.fixture(scope="module")
 def tool():
-    path = os.path.join(REPO, "tools", "compare_panoptic_fcn_official.py")
-    spec = importlib.util.spec_from_file_location("compare_panoptic_fcn_official", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/compare_panoptic_fcn_official.py")
 
 
 def _output(ids: dict[int, int] | None = None, **changes) -> dict:

@@ -2,12 +2,10 @@
 (generated here from the key table of the official R50 model, no official code)."""
 
 import functools
-import importlib.util
-import os
 
 import pytest
 import torch
-from helpers import REPO, build_tiny_model, load_cfg
+from helpers import build_tiny_model, load_cfg, load_script
 
 from panoptic_ext.modeling.panoptic_fcn.official_keys import official_to_ours, ours_to_official
 
@@ -16,11 +14,7 @@ R50_1X = "COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml"
 
 @functools.cache
 def _load_tool():
-    path = os.path.join(REPO, "tools", "convert_panoptic_fcn_official.py")
-    spec = importlib.util.spec_from_file_location("convert_panoptic_fcn_official", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_panoptic_fcn_official.py")
 
 
 def official_r50_state_dict(things: int = 80, stuff: int = 54, e: int = 64, d: int = 256):
