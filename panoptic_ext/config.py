@@ -1,10 +1,15 @@
-"""One entry point that adds every panoptic_ext config key to a detectron2 config.
+"""One entry point that adds every panoptic_ext config key to a detectron2 config, and one
+builder that every script uses to turn a yaml file plus overrides into a config.
 
 Each component owns one small adder next to its code; this module only calls them. Adders only
 *add* keys (never replace one of detectron2's nodes), so the call is safe on any detectron2 cfg.
 """
 
-from detectron2.config import CfgNode
+import logging
+from collections.abc import Sequence
+
+import torch
+from detectron2.config import CfgNode, get_cfg
 
 from .checkpoint.config import add_reliability_config
 from .data.config import add_panoptic_data_config
@@ -16,7 +21,9 @@ from .modeling.roi_heads.panet import add_panet_config
 from .modeling.semantic_fpn import add_semantic_fpn_config
 from .solver.config import add_solver_config
 
-__all__ = ["add_panoptic_ext_config"]
+__all__ = ["add_panoptic_ext_config", "build_cfg"]
+
+logger = logging.getLogger(__name__)
 
 _ADDERS = (
     add_panoptic_data_config,
@@ -38,4 +45,45 @@ def add_panoptic_ext_config(cfg: CfgNode) -> CfgNode:
     """
     for adder in _ADDERS:
         adder(cfg)
+    return cfg
+
+
+def build_cfg(
+    config_file: str | None,
+    opts: Sequence = (),
+    device: str | None = None,
+    freeze: bool = True,
+) -> CfgNode:
+    """detectron2's defaults + our keys + ``config_file`` (with its ``_BASE_`` chain) + ``opts``.
+
+    Args:
+        config_file: a yaml path (see :func:`panoptic_ext.model_zoo.get_config_file` for the
+            configs shipped in the package); None for the defaults only.
+        opts: ``KEY VALUE`` overrides, as on the command line.
+        device: overrides ``MODEL.DEVICE`` when given. Without CUDA a "cuda" device falls back to
+            "cpu" with a warning, so every config runs anywhere.
+        freeze: return a frozen config (what the trainer expects).
+
+    Raises:
+        KeyError: naming the unknown key and the file (or "command-line override") it came from.
+    """
+    cfg = add_panoptic_ext_config(get_cfg())
+    if config_file:
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:  # detectron2 names the key; add the file it came from
+            raise KeyError(f"{config_file} (or its _BASE_ chain): {e.args[0]}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:  # yacs asserts on unknown override keys
+        raise KeyError(f"command-line override: {e}") from e
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(
+            "MODEL.DEVICE=%s but CUDA is not available: running on cpu", cfg.MODEL.DEVICE
+        )
+        cfg.MODEL.DEVICE = "cpu"
+    if freeze:
+        cfg.freeze()
     return cfg
