@@ -6,20 +6,16 @@
     python train_net.py --config-file CFG --num-gpus 8                       # one machine
     python train_net.py --config-file CFG --num-gpus 8 --num-machines 2 \\
         --machine-rank R --dist-url tcp://HOST0:PORT                          # each machine
+    torchrun --nproc_per_node 8 train_net.py --config-file CFG                # or srun
+
+The installed package offers the same as ``panoptic-ext-train``.
 """
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
-from panoptic_ext.engine import main
+from panoptic_ext.engine.launch import launch_main
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(args)

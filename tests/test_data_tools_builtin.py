@@ -1,11 +1,12 @@
-"""Builtin COCO / Cityscapes panoptic names register from files under DETECTRON2_DATASETS."""
+"""Builtin COCO / Cityscapes panoptic names: registered without reading anything, loaded from
+files under DETECTRON2_DATASETS on first use, with an error naming the files when absent."""
 
+import importlib
 import os
 import shutil
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from helpers import load_script
 
 from panoptic_ext.data.datasets.builtin import (
     BUILTIN_PANOPTIC_SPLITS,
@@ -32,7 +33,17 @@ def test_builtin_names_register_when_files_exist(tmp_path, capsys, unregister):
     src = str(tmp_path / "src")
     generate_split(src, "val", SyntheticSpec(image_size=32, num_images=3, seed=1))
     root = tmp_path / "datasets"
-    assert register_builtin_panoptic_datasets(str(root)) == []  # nothing on disk yet
+    # Nothing on disk yet: every name is registered; using one names the files it expected.
+    assert register_builtin_panoptic_datasets(str(root)) == list(BUILTIN_PANOPTIC_SPLITS)
+    expected_json = str(root / "coco/annotations/panoptic_val2017.json")
+    for use in (
+        lambda: DatasetCatalog.get("coco_2017_val_panoptic_ext"),
+        lambda: MetadataCatalog.get("coco_2017_val_panoptic_ext").thing_classes,
+    ):
+        with pytest.raises(FileNotFoundError, match="coco_2017_val_panoptic_ext") as err:
+            use()
+        assert expected_json in str(err.value) and "datasets/README.md" in str(err.value)
+        assert str(root / "coco/val2017") in str(err.value)
 
     # COCO layout, with the optional things-as-one PNGs.
     shutil.copytree(f"{src}/val", root / "coco/val2017")
@@ -46,8 +57,8 @@ def test_builtin_names_register_when_files_exist(tmp_path, capsys, unregister):
     shutil.copytree(f"{src}/panoptic_val", gt / "cityscapes_panoptic_val")
     shutil.copy(f"{src}/panoptic_val.json", gt / "cityscapes_panoptic_val.json")
 
-    names = register_builtin_panoptic_datasets(str(root))
-    assert names == ["coco_2017_val_panoptic_ext", "cityscapes_fine_panoptic_val_ext"]
+    register_builtin_panoptic_datasets(str(root))
+    names = ["coco_2017_val_panoptic_ext", "cityscapes_fine_panoptic_val_ext"]
     for name in names:
         assert name not in ("coco_2017_val_panoptic", "cityscapes_fine_panoptic_val")
         records = DatasetCatalog.get(name)
@@ -63,7 +74,7 @@ def test_builtin_names_register_when_files_exist(tmp_path, capsys, unregister):
     assert MetadataCatalog.get("cityscapes_fine_panoptic_val_ext").get("sem_seg_root") is None
 
     # The validator finds Cityscapes images in their city folders through the dataset dicts.
-    tool = load_script("tools/validate_dataset.py")
+    tool = importlib.import_module("panoptic_ext.cli.validate_dataset")
     assert tool.main(["--dataset", "cityscapes_fine_panoptic_val_ext"]) == 0, (
         capsys.readouterr().out
     )

@@ -1,11 +1,11 @@
 """tools/convert_dataset.py: panoptic -> separated -> panoptic round trip and overlap policies."""
 
+import importlib
 import json
 import os
 
 import numpy as np
 import pytest
-from helpers import load_script
 from PIL import Image
 
 from panoptic_ext.data.converters import merge_image_to_panoptic
@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tool():
-    return load_script("tools/convert_dataset.py")
+    return importlib.import_module("panoptic_ext.cli.convert_dataset")
 
 
 @pytest.fixture(scope="module")

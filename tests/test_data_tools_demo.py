@@ -1,5 +1,6 @@
 """demo/demo.py gives the evaluation path's segmentation, checks INPUT.FORMAT, reads inputs."""
 
+import importlib
 import json
 import os
 
@@ -15,7 +16,6 @@ from helpers import (
     build_tiny_model,
     config_path,
     load_cfg,
-    load_script,
     register_tiny,
 )
 from PIL import Image
@@ -28,7 +28,7 @@ OPTS = [*TINY_OPTS, *KEEP_ALL_DETECTIONS_OPTS]
 
 
 def _demo():
-    return load_script("demo/demo.py")
+    return importlib.import_module("panoptic_ext.cli.demo")
 
 
 class _Capture(DatasetEvaluator):

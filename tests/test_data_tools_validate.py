@@ -1,13 +1,13 @@
 """tools/validate_dataset.py reports each planted problem with its file and id, and nothing on
 a clean dataset."""
 
+import importlib
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
-from helpers import load_script
 from PIL import Image
 
 from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
@@ -15,7 +15,6 @@ from panoptic_ext.data.panoptic_io import index_map
 from panoptic_ext.data.validation import segment_boxes, validate_panoptic_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, "tools", "validate_dataset.py")
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "panoptic_fpn_synthetic.yaml")
 
 
@@ -37,7 +36,7 @@ def _paths(root):
 
 
 def _load_tool():
-    return load_script(os.path.relpath(TOOL, REPO))
+    return importlib.import_module("panoptic_ext.cli.validate_dataset")
 
 
 @pytest.fixture

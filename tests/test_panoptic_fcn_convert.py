@@ -2,10 +2,11 @@
 (generated here from the key table of the official R50 model, no official code)."""
 
 import functools
+import importlib
 
 import pytest
 import torch
-from helpers import build_tiny_model, load_cfg, load_script
+from helpers import build_tiny_model, load_cfg
 
 from panoptic_ext.modeling.panoptic_fcn.official_keys import official_to_ours, ours_to_official
 
@@ -14,7 +15,7 @@ R50_1X = "COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml"
 
 @functools.cache
 def _load_tool():
-    return load_script("tools/convert_panoptic_fcn_official.py")
+    return importlib.import_module("panoptic_ext.cli.convert_panoptic_fcn_official")
 
 
 def official_r50_state_dict(things: int = 80, stuff: int = 54, e: int = 64, d: int = 256):

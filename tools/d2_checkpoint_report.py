@@ -1,75 +1,9 @@
 #!/usr/bin/env python3
-"""Report which keys of a detectron2 checkpoint initialise a panoptic_ext model and which are new.
+"""Thin wrapper around ``panoptic_ext.cli.checkpoint_report`` (usage: its docstring)."""
 
-    python tools/d2_checkpoint_report.py \\
-        --config-file configs/COCO-InstanceSegmentation/panet_R_50_1x.yaml \\
-        --weights model_final_f10217.pkl          # a detectron2 Mask R-CNN R50-FPN checkpoint
-
-Without ``--weights`` the source is detectron2's own model-zoo architecture
-(``--source-config``, default Mask R-CNN R50-FPN 1x) built with random init, which has exactly
-the keys and shapes of the published checkpoint; no download is needed. Exit status 1 if any key
-has a mismatched shape (``--allow-mismatch`` to accept, e.g. another number of classes).
-"""
-
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2 import model_zoo  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-
-from panoptic_ext import add_panoptic_ext_config  # noqa: E402
-from panoptic_ext.modeling.d2_checkpoint import (  # noqa: E402
-    LoadReport,
-    load_d2_state_dict,
-    read_d2_checkpoint,
-)
-
-
-def main(argv: list[str] | None = None) -> LoadReport:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", required=True, help="target panoptic_ext config")
-    parser.add_argument("--weights", default="", help="detectron2 checkpoint (.pth / .pkl)")
-    parser.add_argument(
-        "--source-config",
-        default="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
-        help="detectron2 model-zoo config whose random-init state dict is the source "
-        "when --weights is not given",
-    )
-    parser.add_argument("--allow-mismatch", action="store_true")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the target")
-    args = parser.parse_args(argv)
-
-    cfg = get_cfg()
-    add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
-
-    if args.weights:
-        state = read_d2_checkpoint(args.weights)
-        source = args.weights
-    else:
-        src_cfg = get_cfg()
-        src_cfg.merge_from_file(model_zoo.get_config_file(args.source_config))
-        src_cfg.MODEL.DEVICE = "cpu"
-        state = build_model(src_cfg).state_dict()
-        source = f"detectron2 {args.source_config} (random init)"
-
-    report = load_d2_state_dict(model, state)
-    print(f"source: {source}\ntarget: {args.config_file}")
-    print(report.format())
-    if report.shape_mismatch and not args.allow_mismatch:
-        sys.exit(1)
-    return report
-
+from panoptic_ext.cli.checkpoint_report import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

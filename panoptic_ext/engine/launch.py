@@ -3,17 +3,16 @@
 import argparse
 import logging
 
-import torch
-from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import default_setup
+from detectron2.config import CfgNode
+from detectron2.engine import default_setup, launch
 
 from .. import config as ext_config  # module import: panoptic_ext.config imports this package
 from ..checkpoint import enable_deterministic_mode
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
+from .distributed import external_launch_from_env, run_external_worker
 from .trainer import Trainer
 
-__all__ = ["main", "register_config_datasets", "setup_cfg"]
+__all__ = ["launch_main", "main", "register_config_datasets", "setup_cfg"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +29,8 @@ def register_config_datasets(cfg: CfgNode) -> list[str]:
                 "DATASETS.REGISTER_PANOPTIC entries are (name, image_root, panoptic_root, "
                 f"panoptic_json); got {entry!r}"
             )
-        name = entry[0]
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
         register_panoptic_dataset(*entry)
-        names.append(name)
+        names.append(entry[0])
     return names
 
 
@@ -45,22 +40,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     Unknown keys raise a ``KeyError`` naming the key and the yaml file (or the override). Without
     CUDA, ``MODEL.DEVICE`` falls back to "cpu" (with a warning) so every config runs anywhere.
     """
-    cfg = get_cfg()
-    ext_config.add_panoptic_ext_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-    except KeyError as e:  # detectron2 names the key; add the file it came from
-        raise KeyError(f"{args.config_file} (or its _BASE_ chain): {e.args[0]}") from e
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError) as e:  # yacs asserts on unknown override keys
-        raise KeyError(f"command-line override: {e}") from e
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(
-            "MODEL.DEVICE=%s but CUDA is not available: running on cpu", cfg.MODEL.DEVICE
-        )
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = ext_config.build_cfg(args.config_file, args.opts)
     register_config_datasets(cfg)
     synthetic = cfg.DATASETS.SYNTHETIC
     register_synthetic_datasets(
@@ -81,3 +61,32 @@ def main(args: argparse.Namespace):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def launch_main(args: argparse.Namespace) -> None:
+    """Run :func:`main` in every process of the job ``args`` describes.
+
+    Under torchrun or a multi-task ``srun`` step the processes exist already and join the job
+    from the launcher's environment (``--num-gpus`` / ``--num-machines`` are then taken from
+    it); otherwise detectron2's ``launch`` spawns ``--num-gpus`` processes per machine.
+    """
+    placement = external_launch_from_env()
+    if placement is None:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+        return
+    if args.num_machines != 1 or args.num_gpus not in (1, placement.local_world_size):
+        logger.warning(
+            "--num-gpus %d --num-machines %d ignored: %s started %d processes",
+            args.num_gpus,
+            args.num_machines,
+            placement.source,
+            placement.world_size,
+        )
+    run_external_worker(main, placement, (args,))

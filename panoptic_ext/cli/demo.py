@@ -1,0 +1,309 @@
+"""Run any panoptic_ext config + weights on images, folders, globs or a video.
+
+    panoptic-ext-demo --config-file configs/quick_schedules/panoptic_fpn_synthetic.yaml \\
+        --input datasets/my_images/ "shots/*.jpg" one.png --output out/ \\
+        --panoptic-out out/panoptic MODEL.WEIGHTS output/panoptic_fpn_synthetic/model_final.pth
+    python demo/demo.py --config-file CFG --video-input clip.mp4 --output out/clip.mp4 \\
+        MODEL.WEIGHTS model.pth
+
+Images go through the evaluation path's own preprocessing (``PanopticDatasetMapper`` at test
+time: ``INPUT.FORMAT`` colour order, ``INPUT.MIN/MAX_SIZE_TEST`` resize) and the weights are
+loaded by the trainer's checkpointer, so the demo shows what evaluation measures. Writes
+detectron2 ``Visualizer`` overlays (panoptic, else instances, else semantic), and with
+``--panoptic-out DIR`` COCO-panoptic ``DIR/<stem>.png`` files plus ``DIR/predictions.json``
+(dataset category ids). Class names come from ``--dataset`` (default: the config's first test
+set). Before running, the colour order of ``MODEL.PIXEL_MEAN`` is checked against
+``INPUT.FORMAT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
+
+from ..config import build_cfg
+from ..data import PanopticDatasetMapper
+from ..data.datasets import register_synthetic_datasets
+from ..data.panoptic_targets import id_to_rgb
+from ..data.validation import segment_boxes
+from ..engine import Trainer
+
+logger = logging.getLogger("panoptic_ext.demo")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# ImageNet means differ by ~20 between the R and B channels; a smaller gap says nothing.
+_MEAN_ORDER_MARGIN = 5.0
+
+
+def check_input_format(cfg: CfgNode) -> str | None:
+    """Explain a mismatch between ``INPUT.FORMAT`` and the channel order of ``MODEL.PIXEL_MEAN``.
+
+    Natural images have a larger red than blue mean (ImageNet: R 123.7, B 103.5), so a BGR
+    model's mean starts with the smaller value and an RGB model's with the larger one. A
+    mismatch feeds the network swapped colours (e.g. one bogus whole-image segment).
+
+    Returns:
+        a message when the order contradicts the format, else None (also for custom means
+        where R and B are too close to tell).
+    """
+    fmt, mean = cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN)
+    if fmt not in ("BGR", "RGB") or len(mean) != 3 or abs(mean[0] - mean[2]) < _MEAN_ORDER_MARGIN:
+        return None
+    looks = "BGR" if mean[0] < mean[2] else "RGB"
+    if looks == fmt:
+        return None
+    return (
+        f"INPUT.FORMAT is {fmt} but MODEL.PIXEL_MEAN {mean} is in {looks} order "
+        f"(first channel {'<' if looks == 'BGR' else '>'} last); the model will see swapped "
+        f"colours. Set INPUT.FORMAT {looks} or reorder PIXEL_MEAN/PIXEL_STD."
+    )
+
+
+def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:
+    """Frozen config with every panoptic_ext key, on CPU when CUDA is absent."""
+    cfg = build_cfg(config_file, opts)
+    s = cfg.DATASETS.SYNTHETIC  # class names of the synthetic configs
+    register_synthetic_datasets(s.IMAGE_SIZE, s.NUM_TRAIN, s.NUM_VAL, s.SEED)
+    return cfg
+
+
+def demo_metadata(cfg: CfgNode, dataset: str | None = None) -> Any:
+    """Class names and id maps: ``dataset``'s, else the config's first registered test/train set.
+
+    COCO configs run without the COCO files on disk: detectron2's own COCO panoptic metadata
+    (same separated convention) then supplies the names.
+    """
+    names = [dataset] if dataset else list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    for name in names:
+        try:
+            if MetadataCatalog.get(name).get("thing_classes") is not None:
+                return MetadataCatalog.get(name)
+        except FileNotFoundError as e:  # a builtin dataset whose files are not here
+            logger.info(f"no metadata from '{name}': {e}")
+    if any(name.startswith("coco_") for name in names):
+        return MetadataCatalog.get("coco_2017_val_panoptic_separated")
+    logger.warning(f"no registered dataset among {names}: no class names (use --dataset)")
+    return MetadataCatalog.get(names[0] if names else "__unused")
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths, in order.
+
+    Raises:
+        FileNotFoundError: naming a pattern that matches nothing.
+    """
+    paths: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(
+                os.path.join(pattern, f)
+                for f in os.listdir(pattern)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif os.path.isfile(pattern):
+            found = [pattern]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            hint = " (config KEY VALUE overrides go after --output)" if pattern.isupper() else ""
+            raise FileNotFoundError(f"--input {pattern!r} matches no image{hint}")
+        paths += found
+    return paths
+
+
+class DemoPredictor:
+    """Model + the evaluation path's preprocessing, for one image at a time.
+
+    ``__call__(path)`` runs ``PanopticDatasetMapper(cfg, is_train=False)`` on the file, exactly
+    as the test loader does; ``on_frame(bgr)`` applies the same colour conversion and resize
+    to an in-memory BGR frame (video).
+    """
+
+    def __init__(self, cfg: CfgNode):
+        self.cfg = cfg
+        self.model = Trainer.build_model(cfg)
+        self.model.eval()
+        Trainer.build_checkpointer(cfg, self.model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+        self.mapper = PanopticDatasetMapper(cfg, is_train=False)
+        self.augmentations = T.AugmentationList(
+            PanopticDatasetMapper.from_config(cfg, False)["augmentations"]
+        )
+
+    @torch.no_grad()
+    def _run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return self.model([inputs])[0]
+
+    def __call__(self, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """Returns the image as RGB uint8 (H, W, 3) and the model's output dict."""
+        rgb = utils.read_image(path, format="RGB")
+        h, w = rgb.shape[:2]
+        inputs = self.mapper(
+            {"file_name": path, "image_id": os.path.basename(path), "height": h, "width": w}
+        )
+        return rgb, self._run(inputs)
+
+    def on_frame(self, bgr: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Same as ``__call__`` for a decoded (H, W, 3) uint8 BGR frame."""
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        # The same conversion read_image applies to a decoded file.
+        image = utils.convert_PIL_to_numpy(Image.fromarray(rgb), self.cfg.INPUT.FORMAT)
+        aug_input = T.AugInput(image)
+        self.augmentations(aug_input)
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        h, w = bgr.shape[:2]
+        return rgb, self._run({"image": tensor, "height": h, "width": w})
+
+
+def visualize(rgb: np.ndarray, outputs: dict[str, Any], metadata: Any) -> np.ndarray:
+    """(H, W, 3) uint8 RGB overlay: panoptic if predicted, else instances, else semantic."""
+    vis = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
+    if "panoptic_seg" in outputs:
+        ids, segments = outputs["panoptic_seg"]
+        out = vis.draw_panoptic_seg(ids.to("cpu"), segments)
+    elif "instances" in outputs:
+        out = vis.draw_instance_predictions(outputs["instances"].to("cpu"))
+    else:
+        out = vis.draw_sem_seg(outputs["sem_seg"].argmax(dim=0).to("cpu"))
+    return out.get_image()
+
+
+def panoptic_record(
+    outputs: dict[str, Any], metadata: Any, image_id: Any, file_name: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """COCO-panoptic (H, W, 3) PNG colours and annotation (dataset category ids) of one output."""
+    ids_t, segments = outputs["panoptic_seg"]
+    ids = ids_t.to("cpu").numpy().astype(np.int64)
+    thing = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
+    stuff = {v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()}
+    # Renumber ids to 1..K in segments_info order (the model's ids can be any integers).
+    lut = np.zeros(int(ids.max(initial=0)) + 1, np.int64)
+    for k, s in enumerate(segments, start=1):
+        lut[s["id"]] = k
+    index = lut[ids]
+    areas, boxes = segment_boxes(index, len(segments))
+    infos = []
+    for k, s in enumerate(segments):
+        table = thing if s.get("isthing") else stuff
+        info = {
+            "id": k + 1,
+            "category_id": int(table[s["category_id"]]),
+            "iscrowd": 0,
+            "isthing": bool(s.get("isthing")),
+            "area": int(areas[k]),
+            "bbox": boxes[k].tolist(),
+        }
+        if "score" in s:
+            info["score"] = float(s["score"])
+        infos.append(info)
+    return id_to_rgb(index), {"image_id": image_id, "file_name": file_name, "segments_info": infos}
+
+
+def _video_frames(path: str) -> Iterator[np.ndarray]:
+    video = cv2.VideoCapture(path)
+    if not video.isOpened():
+        raise FileNotFoundError(f"cannot open video {path}")
+    try:
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        video.release()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--video-input", help="a video file")
+    parser.add_argument("--output", help="folder for overlays (a file for one image / the video)")
+    parser.add_argument("--panoptic-out", help="folder for COCO-panoptic PNGs + predictions.json")
+    parser.add_argument("--dataset", help="registered dataset whose metadata names the classes")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if bool(args.input) == bool(args.video_input):
+        parser.error("give exactly one of --input and --video-input")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    cfg = setup_cfg(args.config_file, args.opts)
+    problem = check_input_format(cfg)
+    if problem:
+        logger.warning(problem)
+    metadata = demo_metadata(cfg, args.dataset)
+    predictor = DemoPredictor(cfg)
+
+    if args.video_input:
+        writer, frames = None, 0
+        for frame in _video_frames(args.video_input):
+            frames += 1
+            rgb, outputs = predictor.on_frame(frame)
+            overlay = visualize(rgb, outputs, metadata)[:, :, ::-1]
+            if args.output:
+                if writer is None:
+                    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                    h, w = overlay.shape[:2]
+                    writer = cv2.VideoWriter(args.output, fourcc, 15.0, (w, h))
+                writer.write(np.ascontiguousarray(overlay))
+        if writer is not None:
+            writer.release()
+        logger.info(f"{args.video_input}: {frames} frames")
+        return 0
+
+    paths = expand_inputs(args.input)
+    records = []
+    if args.panoptic_out:
+        os.makedirs(args.panoptic_out, exist_ok=True)
+    for path in paths:
+        rgb, outputs = predictor(path)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if args.output:
+            single = (
+                len(paths) == 1 and os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS
+            )
+            target = args.output if single else os.path.join(args.output, stem + ".png")
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            cv2.imwrite(target, visualize(rgb, outputs, metadata)[:, :, ::-1])
+        if args.panoptic_out:
+            if metadata.get("thing_dataset_id_to_contiguous_id") is None:
+                raise ValueError(
+                    "--panoptic-out needs dataset metadata with id maps: pass --dataset"
+                )
+            if "panoptic_seg" not in outputs:
+                raise ValueError(
+                    f"{cfg.MODEL.META_ARCHITECTURE} predicts no panoptic_seg; drop --panoptic-out"
+                )
+            colors, record = panoptic_record(outputs, metadata, stem, stem + ".png")
+            cv2.imwrite(os.path.join(args.panoptic_out, stem + ".png"), colors[:, :, ::-1])
+            records.append(record)
+        logger.info(f"{path}: {', '.join(sorted(outputs))}")
+    if args.panoptic_out:
+        with open(os.path.join(args.panoptic_out, "predictions.json"), "w") as f:
+            json.dump({"annotations": records, "categories": metadata.get("categories", [])}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Train or evaluate a panoptic_ext model with detectron2's trainer (``panoptic-ext-train``).
+
+    panoptic-ext-train --config-file CFG                                  # one process
+    panoptic-ext-train --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
+    panoptic-ext-train --config-file CFG --num-gpus 8                     # one machine
+    panoptic-ext-train --config-file CFG --num-gpus 8 --num-machines 2 \\
+        --machine-rank R --dist-url tcp://HOST0:PORT                        # each machine
+    torchrun --nproc_per_node 8 -m panoptic_ext.cli.train --config-file CFG
+    srun --ntasks-per-node 8 python -m panoptic_ext.cli.train --config-file CFG
+
+``CFG`` is a yaml path; :func:`panoptic_ext.model_zoo.get_config_file` gives the path of a
+config shipped in the package.
+"""
+
+import sys
+
+from detectron2.engine import default_argument_parser
+
+from ..engine.launch import launch_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    launch_main(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
