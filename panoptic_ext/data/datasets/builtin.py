@@ -1,5 +1,7 @@
 """Builtin COCO, Cityscapes and ADE20K panoptic datasets, registered with
-:func:`register_panoptic_dataset` when their files exist under ``$DETECTRON2_DATASETS``.
+:func:`register_panoptic_dataset` when the package is imported, without reading anything: the
+JSON is read the first time a dataset is used, and a dataset whose files are missing then raises
+a ``FileNotFoundError`` naming the files it expected (layouts: ``datasets/README.md``).
 
 The names end in ``_ext`` so they never collide with detectron2's own builtin names (whose
 metadata follows other conventions); all metadata is derived from each JSON's categories.
@@ -15,53 +17,70 @@ Names and files (relative to ``$DETECTRON2_DATASETS``, default ``./datasets``):
   ``ADEChallengeData2016/ade20k_panoptic_{train,val}/`` and ``.json``.
 
 Optional derived files add evaluators: a things-as-one semantic folder (``sem_seg_root``,
-mIoU) and an instances JSON (``json_file``, box/mask AP); ``BUILTIN_PANOPTIC_SPLITS`` gives
-their paths and ``tools/convert_dataset.py to-separated`` makes them.
+mIoU) and an instances JSON (``json_file``, box/mask AP) when they exist at registration;
+``BUILTIN_PANOPTIC_SPLITS`` gives their paths and ``tools/convert_dataset.py to-separated`` makes
+them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
-
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .register import load_panoptic_json, register_panoptic_dataset
 
-__all__ = ["BUILTIN_PANOPTIC_SPLITS", "register_builtin_panoptic_datasets"]
+__all__ = ["BUILTIN_PANOPTIC_SPLITS", "BuiltinSplit", "register_builtin_panoptic_datasets"]
 
 logger = logging.getLogger(__name__)
 
-# name -> (image_root, panoptic_root, panoptic_json, optional sem_seg_root, optional instances
-# json, image layout). Layout "city" means images live in <image_root>/<city>/<file_name>.
-BUILTIN_PANOPTIC_SPLITS: dict[str, tuple[str, str, str, str, str, str]] = {}
-for _split in ("train", "val"):
-    BUILTIN_PANOPTIC_SPLITS[f"coco_2017_{_split}_panoptic_ext"] = (
-        f"coco/{_split}2017",
-        f"coco/panoptic_{_split}2017",
-        f"coco/annotations/panoptic_{_split}2017.json",
-        f"coco/panoptic_stuff_{_split}2017",  # detectron2's prepare_panoptic_fpn.py names it so
-        f"coco/annotations/instances_{_split}2017.json",
-        "flat",
-    )
-    BUILTIN_PANOPTIC_SPLITS[f"cityscapes_fine_panoptic_{_split}_ext"] = (
-        f"cityscapes/leftImg8bit/{_split}",
-        f"cityscapes/gtFine/cityscapes_panoptic_{_split}",
-        f"cityscapes/gtFine/cityscapes_panoptic_{_split}.json",
-        f"cityscapes/gtFine/cityscapes_panoptic_{_split}_stuff",
-        f"cityscapes/gtFine/cityscapes_panoptic_{_split}_instances.json",
-        "city",
-    )
-    _ade = {"train": "training", "val": "validation"}[_split]
-    BUILTIN_PANOPTIC_SPLITS[f"ade20k_panoptic_{_split}_ext"] = (
-        f"ADEChallengeData2016/images/{_ade}",
-        f"ADEChallengeData2016/ade20k_panoptic_{_split}",
-        f"ADEChallengeData2016/ade20k_panoptic_{_split}.json",
-        f"ADEChallengeData2016/ade20k_panoptic_{_split}_stuff",
-        f"ADEChallengeData2016/ade20k_panoptic_{_split}_instances.json",
-        "flat",
-    )
+_LAYOUT_DOC = "datasets/README.md of panoptic_ext"
+
+
+@dataclass(frozen=True)
+class BuiltinSplit:
+    """Where one builtin split's files live, relative to the dataset root."""
+
+    image_root: str
+    panoptic_root: str
+    panoptic_json: str
+    sem_seg_root: str  # optional derived things-as-one PNGs (mIoU)
+    instances_json: str  # optional derived instances JSON (box/mask AP)
+    city_folders: bool = False  # Cityscapes: images in <image_root>/<city>/<file_name>
+
+
+def _splits() -> dict[str, BuiltinSplit]:
+    splits = {}
+    for split in ("train", "val"):
+        splits[f"coco_2017_{split}_panoptic_ext"] = BuiltinSplit(
+            f"coco/{split}2017",
+            f"coco/panoptic_{split}2017",
+            f"coco/annotations/panoptic_{split}2017.json",
+            f"coco/panoptic_stuff_{split}2017",  # detectron2's prepare_panoptic_fpn.py names it so
+            f"coco/annotations/instances_{split}2017.json",
+        )
+        gt = "cityscapes/gtFine"
+        splits[f"cityscapes_fine_panoptic_{split}_ext"] = BuiltinSplit(
+            f"cityscapes/leftImg8bit/{split}",
+            f"{gt}/cityscapes_panoptic_{split}",
+            f"{gt}/cityscapes_panoptic_{split}.json",
+            f"{gt}/cityscapes_panoptic_{split}_stuff",
+            f"{gt}/cityscapes_panoptic_{split}_instances.json",
+            city_folders=True,
+        )
+        ade, folder = "ADEChallengeData2016", {"train": "training", "val": "validation"}[split]
+        splits[f"ade20k_panoptic_{split}_ext"] = BuiltinSplit(
+            f"{ade}/images/{folder}",
+            f"{ade}/ade20k_panoptic_{split}",
+            f"{ade}/ade20k_panoptic_{split}.json",
+            f"{ade}/ade20k_panoptic_{split}_stuff",
+            f"{ade}/ade20k_panoptic_{split}_instances.json",
+        )
+    return splits
+
+
+BUILTIN_PANOPTIC_SPLITS: dict[str, BuiltinSplit] = _splits()
 
 
 def _city_loader(panoptic_json: str, image_root: str, panoptic_root: str, sem_seg_root: str | None):
@@ -78,28 +97,50 @@ def _city_loader(panoptic_json: str, image_root: str, panoptic_root: str, sem_se
     return load
 
 
+def _file_check(name: str, root: str, required: dict[str, str]):
+    """A check that raises, naming every missing required path, the root and the layout doc."""
+
+    def check() -> None:
+        missing = [f"{what} {path}" for what, path in required.items() if not os.path.exists(path)]
+        if missing:
+            raise FileNotFoundError(
+                f"builtin dataset '{name}' needs files under {root} "
+                f"($DETECTRON2_DATASETS, default ./datasets) that are missing: "
+                + "; ".join(missing)
+                + f". See {_LAYOUT_DOC} for the expected layout and the scripts that make it."
+            )
+
+    return check
+
+
 def register_builtin_panoptic_datasets(root: str | None = None) -> list[str]:
-    """Register every builtin split whose JSON exists under ``root``; return the names.
+    """Register every builtin split under ``root``; return the names. Reads no file.
 
     Args:
         root: dataset root; ``$DETECTRON2_DATASETS`` (default ``datasets``) when omitted.
     """
     root = root or os.getenv("DETECTRON2_DATASETS", "datasets")
-    registered = []
-    for name, (images, pngs, json_file, sem, inst, layout) in BUILTIN_PANOPTIC_SPLITS.items():
-        paths = [os.path.join(root, p) for p in (images, pngs, json_file, sem, inst)]
-        image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json = paths
-        if not os.path.isfile(panoptic_json):
-            continue
+    for name, split in BUILTIN_PANOPTIC_SPLITS.items():
+        image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json = (
+            os.path.join(root, p)
+            for p in (
+                split.image_root,
+                split.panoptic_root,
+                split.panoptic_json,
+                split.sem_seg_root,
+                split.instances_json,
+            )
+        )
         sem_seg_root = sem_seg_root if os.path.isdir(sem_seg_root) else None
         instances_json = instances_json if os.path.isfile(instances_json) else None
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
         loader = None
-        if layout == "city":
+        if split.city_folders:
             loader = _city_loader(panoptic_json, image_root, panoptic_root, sem_seg_root)
+        required = {
+            "panoptic json": panoptic_json,
+            "panoptic PNG folder": panoptic_root,
+            "image folder": image_root,
+        }
         register_panoptic_dataset(
             name,
             image_root,
@@ -108,11 +149,9 @@ def register_builtin_panoptic_datasets(root: str | None = None) -> list[str]:
             sem_seg_root=sem_seg_root,
             instances_json=instances_json,
             loader=loader,
+            check_files=_file_check(name, root, required),
         )
-        registered.append(name)
-    if registered:
-        logger.info("Registered builtin panoptic datasets under %s: %s", root, registered)
-    return registered
+    return list(BUILTIN_PANOPTIC_SPLITS)
 
 
 # Like detectron2's builtin datasets: available as soon as the package is imported.

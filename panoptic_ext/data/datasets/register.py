@@ -8,17 +8,34 @@ every training target from the same files.
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 
-__all__ = ["register_panoptic_dataset", "metadata_from_categories", "load_panoptic_json"]
+from .lazy_metadata import set_lazy_metadata
+
+__all__ = [
+    "load_panoptic_json",
+    "metadata_from_categories",
+    "read_categories",
+    "register_panoptic_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
 # Color drawn for the merged "things" entry of stuff_classes (index 0 of the separated convention).
 _THINGS_COLOR = (0, 0, 0)
+# The keys metadata_from_categories fills.
+_METADATA_KEYS = (
+    "thing_classes",
+    "thing_colors",
+    "thing_dataset_id_to_contiguous_id",
+    "stuff_classes",
+    "stuff_colors",
+    "stuff_dataset_id_to_contiguous_id",
+)
 
 
 def metadata_from_categories(categories: list[dict[str, Any]], source: str = "") -> dict[str, Any]:
@@ -99,6 +116,56 @@ def load_panoptic_json(
     return records
 
 
+def read_categories(panoptic_json: str) -> list[dict[str, Any]]:
+    """The ``categories`` list of a COCO-panoptic JSON, without parsing the whole file if it can.
+
+    COCO-style files end with ``"categories": [...]}``: when the file's tail has that shape, only
+    the tail is decoded (milliseconds for a COCO-train-sized file instead of seconds); any other
+    layout falls back to reading the whole JSON.
+
+    Raises:
+        FileNotFoundError: naming the file; ValueError: naming it when it has no ``categories``.
+    """
+    if not os.path.isfile(panoptic_json):
+        raise FileNotFoundError(f"panoptic json not found: {panoptic_json}")
+    categories = _categories_from_tail(panoptic_json)
+    if categories is None:
+        with open(panoptic_json) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
+            raise ValueError(f"{panoptic_json}: no 'categories' list at the top level")
+        categories = data["categories"]
+    return categories
+
+
+_TAIL_BYTES = 1 << 20  # 1 MiB holds thousands of categories
+_CATEGORIES_KEY = re.compile(rb'(?<!\\)"categories"\s*:\s*\[')
+
+
+def _categories_from_tail(panoptic_json: str) -> list[dict[str, Any]] | None:
+    """``categories`` when it is the top-level object's last member and fits the tail, else None.
+
+    The list must be followed by nothing but the ``}`` that closes the top-level object, so a
+    ``"categories"`` key nested elsewhere (or inside a string) is never taken for it.
+    """
+    with open(panoptic_json, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    matches = list(_CATEGORIES_KEY.finditer(tail))
+    if not matches:
+        return None
+    text = tail[matches[-1].end() - 1 :].decode("utf-8", errors="strict")
+    try:
+        value, end = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return None
+    if text[end:].strip() != "}" or not isinstance(value, list):
+        return None
+    return value
+
+
 def register_panoptic_dataset(
     name: str,
     image_root: str,
@@ -109,45 +176,58 @@ def register_panoptic_dataset(
     sem_seg_root: str | None = None,
     instances_json: str | None = None,
     loader: Callable[[], list[dict[str, Any]]] | None = None,
+    check_files: Callable[[], None] | None = None,
     **extra_metadata: Any,
 ) -> None:
     """Register ``name`` in ``DatasetCatalog`` / ``MetadataCatalog`` from COCO-panoptic files.
+
+    Nothing is read here: the class metadata is derived from the JSON's ``categories`` the first
+    time it is used, and the dataset dicts are read when ``DatasetCatalog.get(name)`` is called.
+    An existing entry of the same name is replaced.
 
     Args:
         name: dataset name used in ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
         image_root: folder of the images (``images[*].file_name`` is relative to it).
         panoptic_root: folder of the panoptic PNGs (``annotations[*].file_name``).
         panoptic_json: the COCO-panoptic JSON.
-        categories: the ``categories`` list; read from ``panoptic_json`` when omitted (pass it when
-            the JSON does not exist yet, e.g. for a generated dataset).
+        categories: the ``categories`` list; read from ``panoptic_json`` (lazily) when omitted.
         sem_seg_root: optional folder of derived things-as-one semantic PNGs; enables detectron2's
             ``SemSegEvaluator`` (mIoU).
         instances_json: optional COCO instances JSON; enables ``COCOEvaluator`` (box/mask AP).
         loader: optional function producing the dataset dicts (defaults to reading the JSON).
+        check_files: optional function called before the JSON is first read; it raises a
+            ``FileNotFoundError`` that explains the expected layout (builtin datasets).
         extra_metadata: more metadata fields.
     """
-    if categories is None:
-        if not os.path.isfile(panoptic_json):
-            raise FileNotFoundError(f"{name}: panoptic json not found: {panoptic_json}")
-        with open(panoptic_json) as f:
-            categories = json.load(f)["categories"]
-    meta = metadata_from_categories(categories, source=panoptic_json)
+    check = check_files or (lambda: None)
     if loader is None:
 
         def loader() -> list[dict[str, Any]]:
             return load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root)
 
-    DatasetCatalog.register(name, loader)
+    def load() -> list[dict[str, Any]]:
+        check()
+        return loader()
+
+    def derive() -> dict[str, Any]:
+        check()
+        cats = categories if categories is not None else read_categories(panoptic_json)
+        return {"categories": cats, **metadata_from_categories(cats, source=panoptic_json)}
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, load)
     optional = {"sem_seg_root": sem_seg_root, "json_file": instances_json}
-    MetadataCatalog.get(name).set(
+    set_lazy_metadata(
+        name,
+        derive,
+        keys=("categories", *_METADATA_KEYS),
         image_root=image_root,
         panoptic_root=panoptic_root,
         panoptic_json=panoptic_json,
         evaluator_type="coco_panoptic_seg",
         ignore_label=255,
         label_divisor=1000,
-        categories=categories,
         **{k: v for k, v in optional.items() if v is not None},
-        **meta,
         **extra_metadata,
     )

@@ -23,7 +23,6 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from ..converters import separate_image
@@ -277,9 +276,6 @@ def register_synthetic_datasets(
     for split, spec in specs.items():
         name = f"synthetic_panoptic_{split}"
         folder = _split_dir(root, split, spec)
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
         panoptic_json = os.path.join(folder, f"panoptic_{split}.json")
 
         def load(split=split, spec=spec, panoptic_json=panoptic_json):
