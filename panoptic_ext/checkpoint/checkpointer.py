@@ -1,17 +1,19 @@
 """``SafeCheckpointer``: detectron2's checkpointer with safe loading, atomic writes and fallback."""
 
 import os
-import tempfile
+import re
+import secrets
 from typing import Any
 from urllib.parse import parse_qs
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
+from detectron2.utils.file_io import PathManager
 
 from .safe_load import UnsafeCheckpointError, load_checkpoint_file
 
-__all__ = ["SafeCheckpointer", "atomic_write"]
+__all__ = ["SafeCheckpointer", "atomic_write", "is_local_path"]
 
 
 def _fsync_dir(path: str) -> None:
@@ -28,17 +30,36 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
+# "scheme://" paths go to their iopath handler; plain paths (and file://) are local files.
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_local_path(path: str) -> bool:
+    """True for a plain filesystem path (or ``file://``), False for another iopath scheme."""
+    return not _URI.match(path) or path.startswith("file://")
+
+
+def atomic_write(path: str, write_fn, mode: str = "wb", path_manager=None) -> None:
     """Write ``path`` so that readers see either the old file or the complete new one.
 
-    ``write_fn(f)`` writes into a temporary file in the same directory, which is flushed,
+    Local paths: ``write_fn(f)`` writes into a temporary file in the same directory, created
+    with mode 0666 minus the umask (the permissions ``open()`` would give), which is flushed,
     fsync'ed and renamed over ``path``; the directory is fsync'ed so the rename survives a crash.
     On any error the temporary file is removed and ``path`` is untouched.
+    Other schemes (an iopath handler registered for ``OUTPUT_DIR``): written through
+    ``path_manager`` (detectron2's ``PathManager`` by default), with that storage's semantics.
     """
+    if not is_local_path(path):
+        manager = path_manager or PathManager
+        with manager.open(path, mode) as f:
+            write_fn(f)
+        return
+    path = path.removeprefix("file://")
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
@@ -52,6 +73,11 @@ def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
     _fsync_dir(directory)
 
 
+def _mtime(path: str) -> float:
+    """Modification time of a local file; 0 for other storage (then names decide the order)."""
+    return os.path.getmtime(path) if is_local_path(path) and os.path.exists(path) else 0.0
+
+
 class SafeCheckpointer(DetectionCheckpointer):
     """A ``DetectionCheckpointer`` that is safe to load from and robust to crashes.
 
@@ -59,7 +85,9 @@ class SafeCheckpointer(DetectionCheckpointer):
       restricted unpickler for model-zoo ``.pkl``); detectron2 model-zoo / Caffe2 ``.pkl`` layouts
       are recognised exactly like ``DetectionCheckpointer`` does;
     * ``save`` writes atomically (temp file, fsync, rename), then updates ``last_checkpoint``
-      the same way, so a kill during saving never leaves a truncated "last" checkpoint;
+      the same way, so a kill during saving never leaves a truncated "last" checkpoint; files
+      get the umask's permissions (like detectron2's) and a non-local ``OUTPUT_DIR`` goes
+      through ``self.path_manager`` (detectron2's ``PathManager`` and its handlers);
     * ``resume_or_load(resume=True)`` falls back to the newest readable older checkpoint (with a
       warning) when the last one cannot be read. A file refused as unsafe is never skipped.
     """
@@ -89,20 +117,21 @@ class SafeCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        os.makedirs(self.save_dir, exist_ok=True)
-        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.path_manager.mkdirs(self.save_dir)
+        atomic_write(save_file, lambda f: torch.save(data, f), path_manager=self.path_manager)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write(path, lambda f: f.write(last_filename_basename), mode="w")
+        write = lambda f: f.write(last_filename_basename)  # noqa: E731
+        atomic_write(path, write, mode="w", path_manager=self.path_manager)
 
     # ----------------------------------------------------------------- loading
     def _checkpoint_candidates(self) -> list[str]:
         """The tagged last checkpoint first, then the other ``.pth`` files, newest first."""
         last = self.get_checkpoint_file()
         others = [p for p in self.get_all_checkpoint_files() if p != last]
-        others.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)
+        others.sort(key=lambda p: (_mtime(p), p), reverse=True)
         return [last] + others
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
