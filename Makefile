@@ -1,10 +1,11 @@
-# Two commands do everything on a fresh machine:
-#   make demo   set up what is missing, train Panoptic FPN on the synthetic set, report PQ
-#   make test   set up what is missing, run the test suite
+# Two commands do everything in a fresh Python environment (e.g. an empty virtualenv):
+#   make demo   set up, train Panoptic FPN on the synthetic set, report COCO PQ
+#   make test   set up, run the test suite
+# `make setup` alone runs scripts/setup_env.sh (see INSTALL.md).
 PYTHON ?= python3
-export PYTHONPATH := $(CURDIR):$(PYTHONPATH)
+export PYTHON
 
-.PHONY: setup demo test lint format
+.PHONY: setup demo test test-only lint format
 
 setup:
 	bash scripts/setup_env.sh
@@ -12,7 +13,9 @@ setup:
 demo: setup
 	$(PYTHON) train_net.py --config-file configs/quick_schedules/panoptic_fpn_synthetic.yaml
 
-test: setup
+test: setup test-only
+
+test-only:
 	$(PYTHON) -m pytest -q tests
 
 lint:

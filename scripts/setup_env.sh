@@ -1,40 +1,46 @@
 #!/usr/bin/env bash
-# Idempotent set-up: installs what is missing, nothing else.
-#   - pinned Python dependencies (requirements.txt)
-#   - panopticapi (PyPI: panopticapi-lite, installed without its numpy pin)
-#   - detectron2 from source, the official way, when `import detectron2` fails
-#     (set DETECTRON2_SRC=/path/to/detectron2 to build a local clone instead of the git URL)
-#   - panoptic_ext itself, editable (skip with SKIP_PROJECT_INSTALL=1)
+# Set-up of a Python environment for panoptic_ext: run it inside the virtualenv (or conda env)
+# you want to use. Idempotent: a second run only checks what is there.
+#   1. build tools detectron2 needs (setuptools<81: detectron2 still imports pkg_resources)
+#   2. panoptic_ext (editable) with every dependency and extra declared in pyproject.toml
+#      (torch, torchvision, numpy 2, opencv, fvcore, pycocotools, ... + eval, export, dev)
+#   3. panopticapi (PyPI build panopticapi-lite, without its metadata-only numpy<2 pin)
+#   4. detectron2 from source when `import detectron2` fails: the official git URL, or
+#      DETECTRON2_SRC=/path/to/detectron2 (a clone or a source tarball) on machines without git.
+# PYTHON picks the interpreter (default: python3 on PATH). EXTRAS overrides "eval,export,dev".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+EXTRAS=${EXTRAS:-eval,export,dev}
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
-have() { "$PY" -c "import $1" >/dev/null 2>&1; }
+"$PY" - <<'PYCHECK'
+import sys
+if sys.version_info < (3, 10):
+    sys.exit(f"[setup] Python >= 3.10 is needed, this is {sys.version.split()[0]}")
+if sys.prefix == sys.base_prefix and "CONDA_PREFIX" not in __import__("os").environ:
+    print("[setup] note: not inside a virtualenv; installing into", sys.prefix)
+PYCHECK
 
-missing=$("$PY" - <<'PY'
-import importlib.util
-mods = {"torch": "torch==2.14.1", "torchvision": "torchvision==0.29.1", "cv2": "opencv-python-headless==4.12.0.88",
-        "pycocotools": "pycocotools", "fvcore": "fvcore", "iopath": "iopath", "deflate": "deflate", "pytest": "pytest", "ruff": "ruff"}
-print(" ".join(v for k, v in mods.items() if importlib.util.find_spec(k) is None))
-PY
-)
-if [ -n "$missing" ]; then
-  echo "[setup] installing: $missing"
-  "$PY" -m pip install -q $missing "numpy<2" "setuptools<81"
+echo "[setup] build tools"
+pip_install "setuptools>=64,<81" wheel ninja
+echo "[setup] panoptic_ext[$EXTRAS] (editable) and its dependencies"
+pip_install --no-build-isolation -e ".[$EXTRAS]"
+if ! "$PY" -c "import panopticapi" >/dev/null 2>&1; then
+  echo "[setup] panopticapi (panopticapi-lite, --no-deps)"
+  pip_install --no-deps "panopticapi-lite>=0.2"
 fi
-if ! have panopticapi; then
-  echo "[setup] installing panopticapi-lite"
-  "$PY" -m pip install -q --no-deps panopticapi-lite
-fi
-if ! have detectron2; then
+if ! (cd / && "$PY" -c "import detectron2") >/dev/null 2>&1; then
   src=${DETECTRON2_SRC:-git+https://github.com/facebookresearch/detectron2.git}
-  echo "[setup] installing detectron2 from $src (about 2-5 minutes)"
-  "$PY" -m pip install -q "setuptools<81" ninja
-  "$PY" -m pip install --no-build-isolation "$src"
+  echo "[setup] detectron2 from $src (builds against the installed torch: about 2 minutes)"
+  pip_install --no-build-isolation "$src"
 fi
-# Probe from outside the checkout and without the Makefile's PYTHONPATH: is it really installed?
-if [ "${SKIP_PROJECT_INSTALL:-0}" != "1" ] && ! (cd / && env -u PYTHONPATH "$PY" -c "import panoptic_ext" >/dev/null 2>&1); then
-  echo "[setup] installing panoptic_ext (editable)"
-  "$PY" -m pip install -q --no-deps --no-build-isolation -e .
-fi
-echo "[setup] environment ready"
+# Probe from outside the checkout, without PYTHONPATH: is everything really installed?
+(cd / && env -u PYTHONPATH "$PY" - <<'PYCHECK'
+import cv2, detectron2, numpy, panopticapi, torch, torchvision
+import panoptic_ext
+print(f"[setup] ready: panoptic_ext {panoptic_ext.__version__}, detectron2 {detectron2.__version__},"
+      f" torch {torch.__version__}, torchvision {torchvision.__version__}, numpy {numpy.__version__},"
+      f" opencv {cv2.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+PYCHECK
+)
