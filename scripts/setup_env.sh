@@ -4,13 +4,15 @@
 #   1. build tools detectron2 needs (setuptools<81: detectron2 still imports pkg_resources)
 #   2. panoptic_ext (editable) with every dependency and extra declared in pyproject.toml
 #      (torch, torchvision, numpy 2, opencv, fvcore, pycocotools, ... + eval, export, dev)
-#   3. panopticapi (PyPI build panopticapi-lite, without its metadata-only numpy<2 pin)
-#   4. detectron2 from source when `import detectron2` fails: the official git URL, or
-#      DETECTRON2_SRC=/path/to/detectron2 (a clone or a source tarball) on machines without git.
+#   3. detectron2 from source when `import detectron2` fails: the official git URL, or
+#      DETECTRON2_SRC=/path/to/detectron2 (a clone or a source tarball) on machines without git
+#   4. panopticapi (PyPI build panopticapi-lite, without its metadata-only numpy<2 pin; its code
+#      needs only numpy and pillow, and runs on numpy 2: the test suite compares against it)
 # PYTHON picks the interpreter (default: python3 on PATH). EXTRAS overrides "eval,export,dev".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+SECONDS=0
 EXTRAS=${EXTRAS:-eval,export,dev}
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
@@ -26,14 +28,15 @@ echo "[setup] build tools"
 pip_install "setuptools>=64,<81" wheel ninja
 echo "[setup] panoptic_ext[$EXTRAS] (editable) and its dependencies"
 pip_install --no-build-isolation -e ".[$EXTRAS]"
-if ! "$PY" -c "import panopticapi" >/dev/null 2>&1; then
-  echo "[setup] panopticapi (panopticapi-lite, --no-deps)"
-  pip_install --no-deps "panopticapi-lite>=0.2"
-fi
 if ! (cd / && "$PY" -c "import detectron2") >/dev/null 2>&1; then
   src=${DETECTRON2_SRC:-git+https://github.com/facebookresearch/detectron2.git}
   echo "[setup] detectron2 from $src (builds against the installed torch: about 2 minutes)"
   pip_install --no-build-isolation "$src"
+fi
+# Last, so that pip's resolver never sees its metadata-only numpy<2 pin during the other installs.
+if ! "$PY" -c "import panopticapi" >/dev/null 2>&1; then
+  echo "[setup] panopticapi (panopticapi-lite, --no-deps)"
+  pip_install --no-deps "panopticapi-lite>=0.2"
 fi
 # Probe from outside the checkout, without PYTHONPATH: is everything really installed?
 (cd / && env -u PYTHONPATH "$PY" - <<'PYCHECK'
@@ -44,3 +47,4 @@ print(f"[setup] ready: panoptic_ext {panoptic_ext.__version__}, detectron2 {dete
       f" opencv {cv2.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
 PYCHECK
 )
+echo "[setup] done in ${SECONDS} s"
