@@ -18,7 +18,7 @@ grep -q "copypaste: PQ,SQ,RQ" out/train/log.txt
 panoptic-ext-train --config-file "$CFG" --eval-only "${SMALL[@]}" \
     MODEL.WEIGHTS out/train/model_final.pth OUTPUT_DIR out/eval
 panoptic-ext-validate-dataset --dataset synthetic_panoptic_val --config-file "$CFG" "${SMALL[@]}"
-panoptic-ext-demo --config-file "$CFG" --input "$DETECTRON2_DATASETS/synthetic_panoptic/*/val/*.jpg" \
+panoptic-ext-demo --config-file "$CFG" --input "$DETECTRON2_DATASETS/synthetic_panoptic/*/val/val/*.jpg" \
     --output out/demo \
     --panoptic-out out/panoptic "${SMALL[@]}" MODEL.WEIGHTS out/train/model_final.pth
 test -s out/panoptic/predictions.json
