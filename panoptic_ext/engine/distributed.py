@@ -50,6 +50,10 @@ def _int(env: Mapping[str, str], key: str) -> int:
         raise ValueError(f"environment variable {key}={env[key]!r} is not an integer") from e
 
 
+def _int_or(env: Mapping[str, str], key: str, default: int) -> int:
+    return _int(env, key) if key in env else default
+
+
 def _first_host(nodelist: str) -> str:
     """First host of a SLURM node list: ``"gpu[03-05,07],cpu1"`` -> ``"gpu03"``."""
     first = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
@@ -71,14 +75,16 @@ def _tasks_per_node(value: str) -> int:
 
 
 def _from_torchrun(env: Mapping[str, str]) -> ExternalLaunch:
+    world_size = _int(env, "WORLD_SIZE")
     return ExternalLaunch(
         source="torchrun",
         rank=_int(env, "RANK"),
-        world_size=_int(env, "WORLD_SIZE"),
+        world_size=world_size,
         local_rank=_int(env, "LOCAL_RANK"),
-        local_world_size=_int(env, "LOCAL_WORLD_SIZE"),
+        # Older launchers (torch.distributed.launch --use_env) set no LOCAL_WORLD_SIZE: one machine.
+        local_world_size=_int_or(env, "LOCAL_WORLD_SIZE", world_size),
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
+        master_port=_int_or(env, "MASTER_PORT", 29500),
     )
 
 
@@ -111,10 +117,6 @@ def external_launch_from_env(env: Mapping[str, str] | None = None) -> ExternalLa
     if "SLURM_PROCID" in env and _int_or(env, "SLURM_STEP_NUM_TASKS", 1) > 1:
         return _from_slurm(env)
     return None
-
-
-def _int_or(env: Mapping[str, str], key: str, default: int) -> int:
-    return _int(env, key) if key in env else default
 
 
 def run_external_worker(
