@@ -11,15 +11,15 @@ from collections.abc import Sequence
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from .checkpoint.config import add_reliability_config
+from .checkpoint.config import add_checkpoint_config
 from .data.config import add_panoptic_data_config
-from .engine.config import add_engine_config
 from .evaluation.config import add_evaluation_config
 from .modeling.backbone.pafpn import add_pafpn_config
 from .modeling.panoptic_fcn.config import add_panoptic_fcn_config
 from .modeling.roi_heads.panet import add_panet_config
 from .modeling.semantic_fpn import add_semantic_fpn_config
 from .solver.config import add_solver_config
+from .utils.determinism import add_determinism_config
 
 __all__ = ["add_panoptic_ext_config", "build_cfg"]
 
@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 
 _ADDERS = (
     add_panoptic_data_config,
-    add_engine_config,
     add_evaluation_config,
-    add_reliability_config,
+    add_determinism_config,
+    add_checkpoint_config,
     add_solver_config,
     add_semantic_fpn_config,
     add_pafpn_config,

@@ -1,7 +1,9 @@
 """Small helpers for the tests: configs, tiny models and batches built from the synthetic set."""
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -12,6 +14,7 @@ from detectron2.modeling import build_model
 import panoptic_ext
 from panoptic_ext.data import PanopticDatasetMapper
 from panoptic_ext.data.datasets import register_synthetic_datasets
+from panoptic_ext.engine import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,3 +96,40 @@ def tiny_batch(cfg: CfgNode, indices=(0, 1), is_train: bool = True) -> list[dict
 def build_tiny_model(cfg: CfgNode) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(cfg)
+
+
+# One quick schedule per model family.
+QUICK_SCHEDULES = [
+    "panoptic_fpn_synthetic.yaml",
+    "panet_synthetic.yaml",
+    "semantic_fpn_synthetic.yaml",
+    "panoptic_fcn_synthetic.yaml",
+]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run with one intra-op thread.
+
+    On 2 cores shared with other processes, 2 spin-waiting OpenMP threads made a tiny model's
+    train step 110 s instead of 2 s.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def pq_in_process(weights: str, *opts) -> list[float]:
+    """PQ, SQ, RQ, PQ_th, SQ_th, RQ_th (rounded to 1e-4) of the synthetic Panoptic FPN quick
+    schedule with ``weights``, evaluated in this process with one thread (the kernels of the
+    single-threaded subprocesses it is compared with)."""
+    register_tiny()
+    cfg = load_cfg("quick_schedules/panoptic_fpn_synthetic.yaml", *opts)
+    model = Trainer.build_model(cfg)
+    Trainer.build_checkpointer(cfg, model).load(weights)
+    with one_thread():
+        panoptic = Trainer.test(cfg, model)["panoptic_seg"]
+    return [round(panoptic[k], 4) for k in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th")]

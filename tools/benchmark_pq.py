@@ -39,8 +39,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.evaluation import COCOPanopticEvaluator  # noqa: E402
 
 from panoptic_ext.data.datasets import register_panoptic_dataset  # noqa: E402
-from panoptic_ext.data.panoptic_targets import id_to_rgb  # noqa: E402
 from panoptic_ext.evaluation import FastPanopticEvaluator  # noqa: E402
+from panoptic_ext.structures.panoptic_ids import id_to_rgb  # noqa: E402
 
 # Non-contiguous ids, interleaved things (isthing=1) and stuff, as in COCO.
 BENCH_CATEGORIES = [

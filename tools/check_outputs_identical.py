@@ -37,6 +37,7 @@ from detectron2.structures import Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from panoptic_ext import model_zoo  # noqa: E402
+from panoptic_ext.checkpoint.safe_load import load_checkpoint_file  # noqa: E402
 from panoptic_ext.config import build_cfg  # noqa: E402
 from panoptic_ext.data import PanopticDatasetMapper  # noqa: E402
 from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
@@ -199,7 +200,7 @@ def _diff_dicts(a: dict, b: dict, what: str) -> list[str]:
 
 
 def compare(first: str, second: str) -> int:
-    a, b = (torch.load(p, weights_only=False) for p in (first, second))
+    a, b = (load_checkpoint_file(p) for p in (first, second))  # tensors and plain data only
     failed = False
     for name in sorted(set(a["families"]) | set(b["families"])):
         fa, fb = a["families"].get(name), b["families"].get(name)

@@ -75,12 +75,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from panoptic_ext.checkpoint.safe_load import load_checkpoint_file  # noqa: E402
+from panoptic_ext.cli.convert_panoptic_fcn_official import panoptic_fcn_cpu_config  # noqa: E402
 from panoptic_ext.data import PanopticDatasetMapper  # noqa: E402
 from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
 from panoptic_ext.modeling.panoptic_fcn.official_keys import (  # noqa: E402
     convert_official_state_dict,
     ours_to_official,
-    panoptic_fcn_cpu_config,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,22 +1,12 @@
-"""Config keys of the reliability features (safe checkpoint loading, deterministic mode)."""
+"""Config keys of checkpoint loading."""
 
 from detectron2.config import CfgNode
 
-from ..config_utils import add_keys
+from ..utils.config_keys import add_keys
 
 
-def add_reliability_config(cfg: CfgNode) -> None:
-    """Add ``DETERMINISTIC`` (next to detectron2's ``SEED``) and ``CHECKPOINT.TRUST_PICKLE``."""
-    add_keys(
-        cfg,
-        "",
-        {
-            # Opt-in reproducible training: needs SEED >= 0; seeds every rank, every iteration and
-            # every data sample from SEED, calls torch.use_deterministic_algorithms and makes
-            # resumed runs bit-identical to uninterrupted ones on CPU.
-            "DETERMINISTIC": False,
-        },
-    )
+def add_checkpoint_config(cfg: CfgNode) -> None:
+    """Add ``CHECKPOINT.TRUST_PICKLE``."""
     add_keys(
         cfg,
         "CHECKPOINT",

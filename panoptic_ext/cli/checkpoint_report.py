@@ -19,11 +19,8 @@ from detectron2 import model_zoo
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+from ..checkpoint.load_report import load_d2_state_dict, read_d2_checkpoint
 from ..config import build_cfg
-from ..modeling.d2_checkpoint import (
-    load_d2_state_dict,
-    read_d2_checkpoint,
-)
 
 
 def main(argv: list[str] | None = None) -> int:

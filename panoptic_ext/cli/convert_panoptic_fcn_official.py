@@ -17,18 +17,29 @@ PIXEL_MEAN [123.675, 116.28, 103.53] and PIXEL_STD 1, as in the COCO configs.
 import argparse
 import functools
 import sys
+from collections.abc import Sequence
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from ..checkpoint.safe_load import load_checkpoint_file
+from ..config import build_cfg
 from ..model_zoo import get_config_file
-from ..modeling.panoptic_fcn.official_keys import (
-    convert_official_state_dict,
-    panoptic_fcn_cpu_config,
-)
+from ..modeling.panoptic_fcn.official_keys import convert_official_state_dict
 
 DEFAULT_CONFIG = get_config_file("COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
+
+
+def panoptic_fcn_cpu_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
+    """Config of a PanopticFCN model on CPU without weights, for the checkpoint tools.
+
+    Raises ``SystemExit`` naming the file when its meta-architecture is not PanopticFCN.
+    """
+    cfg = build_cfg(config_file, ["MODEL.WEIGHTS", "", *opts], device="cpu", freeze=False)
+    if cfg.MODEL.META_ARCHITECTURE != "PanopticFCN":
+        raise SystemExit(f"{config_file}: MODEL.META_ARCHITECTURE is not PanopticFCN")
+    return cfg
 
 
 @functools.lru_cache(maxsize=2)

@@ -40,9 +40,9 @@ from PIL import Image
 from ..config import build_cfg
 from ..data import PanopticDatasetMapper
 from ..data.datasets import register_synthetic_datasets
-from ..data.panoptic_targets import id_to_rgb
-from ..data.validation import segment_boxes
 from ..engine import Trainer
+from ..structures.boxes import segment_boxes
+from ..structures.panoptic_ids import id_to_rgb
 
 logger = logging.getLogger("panoptic_ext.demo")
 

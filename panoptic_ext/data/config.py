@@ -2,7 +2,7 @@
 
 from detectron2.config import CfgNode
 
-from ..config_utils import add_keys
+from ..utils.config_keys import add_keys
 
 
 def add_panoptic_data_config(cfg: CfgNode) -> None:

@@ -35,16 +35,12 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from .datasets.register import metadata_from_categories
+from ..structures.boxes import segment_boxes
+from ..structures.panoptic_ids import id_to_rgb
+from ..structures.sem_seg_format import SemSegFormat
+from .metadata import metadata_from_categories
 from .panoptic_io import read_panoptic_png
-from .panoptic_targets import (
-    THINGS_AS_ONE,
-    category_labels,
-    id_to_rgb,
-    segment_index_map,
-    semantic_lookup,
-)
-from .validation import segment_boxes
+from .panoptic_targets import category_labels, segment_index_map, semantic_lookup
 
 __all__ = [
     "OVERLAP_POLICIES",
@@ -250,7 +246,7 @@ def separate_image(
 
     Args:
         ids: (H, W) integer segment ids; segments: its ``segments_info`` (dataset ids);
-        metadata: :func:`~panoptic_ext.data.datasets.register.metadata_from_categories` output.
+        metadata: :func:`~panoptic_ext.data.metadata.metadata_from_categories` output.
     Returns:
         semantic: (H, W) uint8 (things 0, stuff 1..S, void ``ignore_value``); COCO instance
         annotations (RLE) of the thing segments, ids from ``first_annotation_id``.
@@ -263,7 +259,11 @@ def separate_image(
         file_name,
     )
     lut = semantic_lookup(
-        is_thing, contiguous, len(metadata["thing_classes"]), THINGS_AS_ONE, ignore_value
+        is_thing,
+        contiguous,
+        len(metadata["thing_classes"]),
+        SemSegFormat.THINGS_AS_ONE,
+        ignore_value,
     )
     semantic = lut[index].astype(np.uint8)
     areas, boxes = segment_boxes(index, len(segments))

@@ -10,18 +10,20 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Instances
 from PIL import Image
 
+from ..structures.boxes import masks_to_boxes
+from ..structures.panoptic_ids import rgb_to_id
+from ..structures.sem_seg_format import SemSegFormat
 from .panoptic_targets import (
     SEM_SEG_FORMATS,
     category_labels,
-    rgb_to_id,
     segment_index_map,
     semantic_lookup,
 )
 
-__all__ = ["PanopticDatasetMapper", "build_augmentations", "masks_to_boxes"]
+__all__ = ["PanopticDatasetMapper", "build_augmentations"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +34,6 @@ def build_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]:
     if is_train and cfg.INPUT.CROP.ENABLED:
         augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     return augs
-
-
-def masks_to_boxes(masks: torch.Tensor) -> Boxes:
-    """Tight XYXY boxes of (N, H, W) bool masks (x1, y1 exclusive), vectorised over N."""
-    n, h, w = masks.shape
-    if n == 0:
-        return Boxes(torch.zeros((0, 4), dtype=torch.float32))
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    y0 = rows.to(torch.uint8).argmax(dim=1)
-    y1 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
-    x0 = cols.to(torch.uint8).argmax(dim=1)
-    x1 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    return Boxes(torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32))
 
 
 class PanopticDatasetMapper:
@@ -70,7 +59,7 @@ class PanopticDatasetMapper:
         image_format: str,
         thing_dataset_id_to_contiguous_id: dict[int, int],
         stuff_dataset_id_to_contiguous_id: dict[int, int],
-        sem_seg_format: str = "things_as_one",
+        sem_seg_format: str = SemSegFormat.THINGS_AS_ONE.value,
         ignore_value: int = 255,
     ):
         """
@@ -166,7 +155,7 @@ class PanopticDatasetMapper:
         )
         iscrowd = np.array([s.get("iscrowd", 0) for s in segments], dtype=bool)
         out: dict[str, Any] = {}
-        if self.sem_seg_format != "none":
+        if self.sem_seg_format != SemSegFormat.NONE:
             lut = semantic_lookup(
                 is_thing, contiguous, self.num_things, self.sem_seg_format, self.ignore_value
             )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .panoptic_targets import rgb_to_id
+from ..structures.panoptic_ids import rgb_to_id
 
 try:  # libdeflate inflates ~10x faster than zlib, which is most of the time libpng takes
     import deflate as _libdeflate

@@ -8,31 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-THINGS_AS_ONE = "things_as_one"
-ALL_CLASSES = "all_classes"
-SEM_SEG_FORMATS = (THINGS_AS_ONE, ALL_CLASSES, "none")
+from ..structures.sem_seg_format import SemSegFormat
+
+# The INPUT.SEM_SEG_FORMAT strings, as named in error messages.
+SEM_SEG_FORMATS = tuple(f.value for f in SemSegFormat)
 
 
 class PanopticLabelError(ValueError):
     """A panoptic annotation that does not agree with its PNG or with the dataset metadata."""
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO-panoptic decoding ``id = R + 256 G + 256^2 B``.
-
-    Args:
-        rgb: (H, W, 3) uint8.
-    Returns:
-        (H, W) int64 segment ids (0 = void).
-    """
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_id`: (H, W) int ids -> (H, W, 3) uint8."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
 
 
 def segment_index_map(ids: np.ndarray, segment_ids: Sequence[int], file_name: str) -> np.ndarray:
@@ -116,9 +99,9 @@ def semantic_lookup(
         (K + 1,) int64: ``things_as_one``: thing -> 0, stuff -> its 1..S id; ``all_classes``:
         thing -> 0..T-1, stuff -> T + (id - 1). Index 0 (void) -> ``ignore_value``.
     """
-    if sem_seg_format == THINGS_AS_ONE:
+    if sem_seg_format == SemSegFormat.THINGS_AS_ONE:
         labels = np.where(is_thing, 0, contiguous)
-    elif sem_seg_format == ALL_CLASSES:
+    elif sem_seg_format == SemSegFormat.ALL_CLASSES:
         labels = np.where(is_thing, contiguous, num_things + contiguous - 1)
     else:
         raise ValueError(f"sem_seg_format must be one of {SEM_SEG_FORMATS}, got {sem_seg_format!r}")

@@ -48,13 +48,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..structures.boxes import segment_boxes
+from ..utils.meta_arch import DatasetClasses, class_counts_for, mismatched_class_counts
+from .metadata import metadata_from_categories
 from .panoptic_io import index_map, read_panoptic_png
 
 __all__ = [
     "Problem",
     "category_problems",
     "check_config_class_counts",
-    "segment_boxes",
     "validate_panoptic_dataset",
 ]
 
@@ -74,31 +76,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.level.upper()} [{self.code}] {self.file} (id {self.id}): {self.message}"
-
-
-def segment_boxes(index: np.ndarray, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel counts and XYWH boxes of segments 1..K of an index map (0 = void).
-
-    Args:
-        index: (H, W) int positions as returned by :func:`~panoptic_ext.data.panoptic_io.index_map`;
-            values above ``num_segments`` are ignored.
-    Returns:
-        areas: (K,) int64; boxes: (K, 4) int64 ``[x0, y0, w, h]`` (zeros for empty segments).
-    """
-    h, w = index.shape
-    k = num_segments + 2  # + void + stray
-    idx = np.minimum(index, k - 1)
-    areas = np.bincount(idx.ravel(), minlength=k)[1 : num_segments + 1]
-    rows = np.zeros((k, h), dtype=bool)
-    cols = np.zeros((k, w), dtype=bool)
-    rows[idx, np.arange(h)[:, None]] = True
-    cols[idx, np.arange(w)[None, :]] = True
-    rows, cols = rows[1 : num_segments + 1], cols[1 : num_segments + 1]
-    y0, x0 = rows.argmax(1), cols.argmax(1)
-    y1, x1 = h - 1 - rows[:, ::-1].argmax(1), w - 1 - cols[:, ::-1].argmax(1)
-    boxes = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1)
-    boxes[areas == 0] = 0
-    return areas.astype(np.int64), boxes.astype(np.int64)
 
 
 def category_problems(categories: Sequence[dict], json_file: str) -> list[Problem]:
@@ -274,32 +251,18 @@ def validate_panoptic_dataset(
 
 def check_config_class_counts(cfg: Any, categories: Sequence[dict]) -> list[Problem]:
     """Class counts in a model config (``MODEL.ROI_HEADS.NUM_CLASSES``,
-    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` per ``INPUT.SEM_SEG_FORMAT``) against the categories.
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` per ``INPUT.SEM_SEG_FORMAT``, ...) against the categories.
 
-    The dataset is registered under a temporary name so the trainer's own rule
-    (:func:`panoptic_ext.engine.checks.expected_class_counts`) decides what is expected.
+    The trainer's own rule (the meta-architecture table, :mod:`panoptic_ext.utils.meta_arch`)
+    decides what is expected.
     """
-    from detectron2.data import MetadataCatalog
-
-    from ..engine.checks import expected_class_counts
-    from .datasets.register import metadata_from_categories
-
-    name = "__panoptic_ext_validate__"
-    if name in MetadataCatalog.list():
-        MetadataCatalog.remove(name)
     try:
-        MetadataCatalog.get(name).set(**metadata_from_categories(list(categories)))
+        meta = metadata_from_categories(list(categories))
     except ValueError:
         return []  # the category problems are already reported by validate_panoptic_dataset
+    classes = DatasetClasses(len(meta["thing_classes"]), len(meta["stuff_classes"]) - 1)
     problems = []
-    try:
-        for key, want in expected_class_counts(cfg, name).items():
-            node = cfg
-            for part in key.split("."):
-                node = node[part]
-            if node != want:
-                msg = f"config has {key} = {node}, the dataset's categories imply {want}"
-                problems.append(Problem(ERROR, "class_count_mismatch", "config", key, msg))
-    finally:
-        MetadataCatalog.remove(name)
+    for key, have, want in mismatched_class_counts(cfg, class_counts_for(cfg, classes)):
+        msg = f"config has {key} = {have}, the dataset's categories imply {want}"
+        problems.append(Problem(ERROR, "class_count_mismatch", "config", key, msg))
     return problems

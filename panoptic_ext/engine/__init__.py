@@ -1,7 +1,16 @@
-"""Training and evaluation engine."""
+"""Training and evaluation engine: trainer, hooks, evaluator table, config checks, launch."""
 
-from .evaluators import build_evaluators
+from .evaluator_table import build_evaluators
+from .hooks import ExactResumeHook, NanGuardHook
 from .launch import main, setup_cfg
 from .trainer import Trainer, wrap_ddp
 
-__all__ = ["Trainer", "build_evaluators", "main", "setup_cfg", "wrap_ddp"]
+__all__ = [
+    "ExactResumeHook",
+    "NanGuardHook",
+    "Trainer",
+    "build_evaluators",
+    "main",
+    "setup_cfg",
+    "wrap_ddp",
+]

@@ -6,9 +6,9 @@ import logging
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup, launch
 
-from .. import config as ext_config  # module import: panoptic_ext.config imports this package
-from ..checkpoint import enable_deterministic_mode
+from ..config import build_cfg
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
+from ..utils.determinism import enable_deterministic_mode
 from .distributed import external_launch_from_env, run_external_worker
 from .trainer import Trainer
 
@@ -40,7 +40,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     Unknown keys raise a ``KeyError`` naming the key and the yaml file (or the override). Without
     CUDA, ``MODEL.DEVICE`` falls back to "cpu" (with a warning) so every config runs anywhere.
     """
-    cfg = ext_config.build_cfg(args.config_file, args.opts)
+    cfg = build_cfg(args.config_file, args.opts)
     register_config_datasets(cfg)
     synthetic = cfg.DATASETS.SYNTHETIC
     register_synthetic_datasets(

@@ -14,17 +14,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
-from ..checkpoint import (
-    CheckedMapper,
-    ExactResumeHook,
-    NanGuardHook,
-    SafeCheckpointer,
-    build_resumable_train_loader,
-)
+from ..checkpoint import SafeCheckpointer
 from ..data import PanopticDatasetMapper
+from ..data.train_loader import CheckedMapper, build_resumable_train_loader
 from ..solver import build_lr_scheduler
 from .checks import check_class_counts
-from .evaluators import build_evaluators
+from .evaluator_table import build_evaluators
+from .hooks import ExactResumeHook, NanGuardHook
 
 __all__ = ["Trainer", "wrap_ddp"]
 

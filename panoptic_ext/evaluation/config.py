@@ -2,15 +2,18 @@
 
 from detectron2.config import CfgNode
 
-from ..config_utils import add_keys
+from ..utils.config_keys import add_keys
 
 
 def add_evaluation_config(cfg: CfgNode) -> None:
-    """Add ``TEST.PANOPTIC_EVALUATOR`` and ``TEST.PQ_WORKERS``."""
+    """Add ``TEST.EVALUATORS``, ``TEST.PANOPTIC_EVALUATOR`` and ``TEST.PQ_WORKERS``."""
     add_keys(
         cfg,
         "TEST",
         {
+            # Evaluators to run, by name: "panoptic" (COCO PQ), "instance" (COCO box/mask AP),
+            # "sem_seg" (mIoU). Empty: every one that applies to the dataset and the model.
+            "EVALUATORS": [],
             # Panoptic quality implementation: "fast" (FastPanopticEvaluator: streaming, exact,
             # no PNG round trip) or "panopticapi" (detectron2's COCOPanopticEvaluator).
             "PANOPTIC_EVALUATOR": "fast",

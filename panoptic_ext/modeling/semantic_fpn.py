@@ -21,7 +21,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..config_utils import add_keys
+from ..utils.config_keys import add_keys
 
 __all__ = ["SemanticFPNHead", "add_semantic_fpn_config"]
 

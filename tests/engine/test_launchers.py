@@ -12,10 +12,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from helpers import REPO, TINY_OPTS, config_path, load_cfg, register_tiny
+from helpers import REPO, TINY_OPTS, config_path, pq_in_process
 
-from panoptic_ext.engine import Trainer
 from panoptic_ext.engine.distributed import ExternalLaunch, external_launch_from_env
 
 CFG = config_path("quick_schedules/panoptic_fpn_synthetic.yaml")
@@ -67,20 +65,6 @@ def _pq(output_dir: str) -> list[float]:
     return [float(v) for v in found.group(1).split(",")]
 
 
-def _pq_alone(weights: str, output_dir: str) -> list[float]:
-    register_tiny()
-    cfg = load_cfg("quick_schedules/panoptic_fpn_synthetic.yaml", *_opts(output_dir))
-    model = Trainer.build_model(cfg)
-    Trainer.build_checkpointer(cfg, model).load(weights)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # same kernels as the single-threaded subprocesses
-    try:
-        panoptic = Trainer.test(cfg, model)["panoptic_seg"]
-    finally:
-        torch.set_num_threads(threads)
-    return [round(panoptic[k], 4) for k in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th")]
-
-
 def _run(cmd: list[str], log: str, env: dict) -> subprocess.Popen:
     with open(log, "wb") as f:
         return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -98,7 +82,8 @@ def test_torchrun_trains_and_evaluates_like_one_process(tmp_path):
     _wait(_run(cmd, log, ENV), log)
     text = open(os.path.join(out, "log.txt")).read()
     assert "World size: 2" in text  # without the torchrun set-up: two runs of world size 1
-    assert _pq_alone(os.path.join(out, "model_final.pth"), str(tmp_path / "one")) == _pq(out)[:6]
+    alone = pq_in_process(os.path.join(out, "model_final.pth"), *_opts(str(tmp_path / "one")))
+    assert alone == _pq(out)[:6]
 
 
 def test_srun_step_evaluates_like_one_process(tmp_path):

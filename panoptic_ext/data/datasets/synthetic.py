@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ...structures.boxes import segment_boxes
+from ...structures.panoptic_ids import id_to_rgb
 from ..converters import separate_image
-from ..panoptic_targets import id_to_rgb, segment_index_map
-from ..validation import segment_boxes
-from .register import load_panoptic_json, metadata_from_categories, register_panoptic_dataset
+from ..metadata import metadata_from_categories
+from ..panoptic_targets import segment_index_map
+from .register import load_panoptic_json, register_panoptic_dataset
 
 __all__ = ["SYNTHETIC_CATEGORIES", "SyntheticSpec", "generate_split", "register_synthetic_datasets"]
 

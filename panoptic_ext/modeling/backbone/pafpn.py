@@ -20,7 +20,7 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from ...config_utils import add_keys
+from ...utils.config_keys import add_keys
 
 __all__ = ["PAFPN", "add_pafpn_config", "build_resnet_pafpn_backbone"]
 

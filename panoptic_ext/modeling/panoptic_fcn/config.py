@@ -6,7 +6,7 @@ hard-codes (peak pool sizes, per-level candidate cap, score floor, guidance thre
 
 from detectron2.config import CfgNode
 
-from ...config_utils import add_keys
+from ...utils.config_keys import add_keys
 
 __all__ = ["add_panoptic_fcn_config"]
 

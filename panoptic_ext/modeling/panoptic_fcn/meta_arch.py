@@ -10,7 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
-from ...data.mapper import masks_to_boxes
+from ...structures.boxes import masks_to_boxes
 from .encoder import FeatureEncoder
 from .heads import KernelEmbedding, KernelHead, PositionHead
 from .inference import (

@@ -5,17 +5,11 @@ order and the CoordConv channel order match the official model).
 """
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
-from detectron2.config import CfgNode, get_cfg
 
-__all__ = [
-    "convert_official_state_dict",
-    "official_to_ours",
-    "ours_to_official",
-    "panoptic_fcn_cpu_config",
-]
+__all__ = ["convert_official_state_dict", "official_to_ours", "ours_to_official"]
 
 # (official prefix, our prefix) of the conv towers: "<official>_<k>.[dcnv2.]<rest>" ->
 # "<ours>.layer<k>.<rest>"; the DCNv2 conv's own parameters sit directly on our layer.
@@ -106,19 +100,3 @@ def convert_official_state_dict(
         report["matched"].append(name)
     report["missing"] = [k for k in expected if k not in converted]
     return converted, report
-
-
-def panoptic_fcn_cpu_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
-    """Config of a PanopticFCN model on CPU without weights, for the checkpoint tools.
-
-    Raises ``SystemExit`` naming the file when its meta-architecture is not PanopticFCN.
-    """
-    from ...config import add_panoptic_ext_config  # the package config imports this module
-
-    cfg = get_cfg()
-    add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    if cfg.MODEL.META_ARCHITECTURE != "PanopticFCN":
-        raise SystemExit(f"{config_file}: MODEL.META_ARCHITECTURE is not PanopticFCN")
-    return cfg

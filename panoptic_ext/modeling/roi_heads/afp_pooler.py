@@ -15,7 +15,7 @@ from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_forma
 from detectron2.structures import Boxes
 from torch import nn
 
-from .roi_align_grad import roi_align_with_sparse_grad
+from ...layers.roi_align_grad import roi_align_with_sparse_grad
 
 __all__ = ["AdaptiveFeaturePooler", "PerLevelFirstLayerMixin", "fuse_levels"]
 

@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from ...config_utils import add_keys
+from ...utils.config_keys import add_keys
 from .afp_pooler import AdaptiveFeaturePooler, PerLevelFirstLayerMixin
 from .panet_box_head import PANetBoxHead
 from .panet_mask_head import PANetMaskHead

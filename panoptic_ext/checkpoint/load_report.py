@@ -1,0 +1,76 @@
+"""Load a detectron2 checkpoint into a (possibly different) model and report what matched.
+
+Used to initialise PAFPN / PANet models from a detectron2 model-zoo Mask R-CNN: every module whose
+name and shape match is loaded; PANet's per-level first layers are filled from detectron2's
+``fc1`` / ``mask_fcn1`` by the heads themselves; the report lists which keys are new.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .safe_load import load_checkpoint_file
+
+__all__ = ["LoadReport", "load_d2_state_dict", "read_d2_checkpoint"]
+
+
+@dataclass
+class LoadReport:
+    """Outcome of :func:`load_d2_state_dict` (all lists sorted)."""
+
+    loaded: list[str] = field(default_factory=list)  # model keys that received a value
+    new: list[str] = field(default_factory=list)  # model keys absent from the checkpoint
+    unused: list[str] = field(default_factory=list)  # checkpoint keys the model has no use for
+    shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, ckpt, model
+
+    def format(self) -> str:
+        """Human-readable summary: counts, then every new / unused / mismatched key."""
+        lines = [
+            f"loaded {len(self.loaded)} keys, new {len(self.new)}, unused {len(self.unused)}, "
+            f"shape mismatch {len(self.shape_mismatch)}"
+        ]
+        lines += [f"  new:      {k}" for k in self.new]
+        lines += [f"  unused:   {k}" for k in self.unused]
+        lines += [f"  mismatch: {k} checkpoint {c} model {m}" for k, c, m in self.shape_mismatch]
+        return "\n".join(lines)
+
+
+def read_d2_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """Read a detectron2 checkpoint (``.pth``, or model-zoo ``.pkl`` of numpy arrays) with the
+    project's safe loader (refuses pickled code unless trusted, see ``checkpoint.safe_load``).
+
+    Returns:
+        the ``"model"`` state dict, values converted to tensors.
+    """
+    data = load_checkpoint_file(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
+    state = data.get("model", data)
+    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+def load_d2_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
+    """Load every key of ``state_dict`` whose name and shape match ``model``; report the rest.
+
+    Keys with a different shape (e.g. a box predictor for another number of classes) are skipped,
+    as detectron2's checkpointer does. The model is modified in place.
+    """
+    own = model.state_dict()
+    mismatch = [
+        (k, tuple(v.shape), tuple(own[k].shape))
+        for k, v in state_dict.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    skipped = {k for k, _, _ in mismatch}
+    result = model.load_state_dict(
+        {k: v for k, v in state_dict.items() if k not in skipped}, strict=False
+    )
+    missing = set(result.missing_keys)
+    return LoadReport(
+        loaded=sorted(k for k in own if k not in missing),
+        new=sorted(missing - skipped),
+        unused=sorted(result.unexpected_keys),
+        shape_mismatch=sorted(mismatch),
+    )

@@ -1,0 +1,1 @@
+"""Generic tensor ops used by several models (no model or config knowledge)."""

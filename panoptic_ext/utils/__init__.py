@@ -1,0 +1,1 @@
+"""Helpers every layer may use: config-adder plumbing, seeding, the meta-architecture table."""

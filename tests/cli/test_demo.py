@@ -1,0 +1,150 @@
+"""demo/demo.py gives the evaluation path's segmentation, checks INPUT.FORMAT, reads inputs."""
+
+import importlib
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
+from helpers import (
+    KEEP_ALL_DETECTIONS_OPTS,
+    TINY_OPTS,
+    build_tiny_model,
+    config_path,
+    load_cfg,
+    register_tiny,
+)
+from PIL import Image
+
+from panoptic_ext.engine import Trainer
+
+CONFIG = "quick_schedules/panoptic_fpn_synthetic.yaml"
+OPTS = [*TINY_OPTS, *KEEP_ALL_DETECTIONS_OPTS]
+
+
+def _demo():
+    return importlib.import_module("panoptic_ext.cli.demo")
+
+
+class _Capture(DatasetEvaluator):
+    def reset(self):
+        self.outputs = {}
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            self.outputs[inp["file_name"]] = out["panoptic_seg"]
+
+    def evaluate(self):
+        return {}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    register_tiny()
+    cfg = load_cfg(CONFIG, *OPTS)
+    path = str(tmp_path_factory.mktemp("demo") / "model.pth")
+    torch.save({"model": build_tiny_model(cfg).state_dict()}, path)
+    return path
+
+
+def test_demo_matches_evaluation_path(weights, tmp_path):
+    demo = _demo()
+    cfg = load_cfg(CONFIG, *OPTS, "MODEL.WEIGHTS", weights)
+    model = Trainer.build_model(cfg)
+    Trainer.build_checkpointer(cfg, model).resume_or_load(weights, resume=False)
+    capture = _Capture()
+    inference_on_dataset(model, Trainer.build_test_loader(cfg, "synthetic_panoptic_val"), capture)
+    files = sorted(capture.outputs)
+    assert len(files) == 4
+
+    out = str(tmp_path / "out")
+    pattern = os.path.dirname(files[0]) + "/*_000003.jpg"  # a glob that matches files[3]
+    argv = ["--config-file", config_path(CONFIG), "--input", *files[:2], pattern,
+            "--output", f"{out}/vis", "--panoptic-out", f"{out}/pan",
+            *map(str, OPTS), "MODEL.WEIGHTS", weights]  # fmt: skip
+    assert demo.main(argv) == 0
+    with open(f"{out}/pan/predictions.json") as f:
+        records = {r["file_name"]: r for r in json.load(f)["annotations"]}
+    meta = MetadataCatalog.get("synthetic_panoptic_val")
+    num_things = 0
+    for path in (files[0], files[1], files[3]):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        colors, ref = demo.panoptic_record(
+            {"panoptic_seg": capture.outputs[path]}, meta, stem, stem + ".png"
+        )
+        png = cv2.imread(f"{out}/pan/{stem}.png")[:, :, ::-1]
+        np.testing.assert_array_equal(png, colors)
+        ours = records[stem + ".png"]["segments_info"]
+        for a, b in zip(ours, ref["segments_info"], strict=True):
+            assert a.pop("score", None) == pytest.approx(b.pop("score", None), abs=1e-6)
+            assert a == b
+        assert len(ours) >= 2
+        num_things += sum(s["isthing"] for s in ours)
+        vis = cv2.imread(f"{out}/vis/{stem}.png")
+        assert vis.shape == png.shape and not np.array_equal(vis, cv2.imread(path))
+    assert num_things > 0  # the comparison covers things, not only stuff
+
+
+def test_frame_path_equals_file_path_and_video(weights, tmp_path):
+    demo = _demo()
+    cfg = demo.setup_cfg(config_path(CONFIG), [*map(str, OPTS), "MODEL.WEIGHTS", weights])
+    predictor = demo.DemoPredictor(cfg)
+    path = DatasetCatalog.get("synthetic_panoptic_val")[2]["file_name"]
+    rgb, from_file = predictor(path)
+    rgb2, from_frame = predictor.on_frame(np.asarray(Image.open(path))[:, :, ::-1])
+    np.testing.assert_array_equal(rgb, rgb2)
+    assert torch.equal(from_file["panoptic_seg"][0], from_frame["panoptic_seg"][0])
+
+    video = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (64, 64))
+    for _ in range(2):
+        writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
+    writer.release()
+    out = str(tmp_path / "clip_out.mp4")
+    argv = ["--config-file", config_path(CONFIG), "--video-input", video, "--output", out,
+            *map(str, OPTS), "MODEL.WEIGHTS", weights]  # fmt: skip
+    assert demo.main(argv) == 0
+    reader = cv2.VideoCapture(out)
+    frames = 0
+    while reader.read()[0]:
+        frames += 1
+    assert frames == 2
+
+
+def test_input_format_check_and_input_expansion(tmp_path):
+    demo = _demo()
+    cfg = load_cfg(CONFIG)
+    assert cfg.INPUT.FORMAT == "BGR" and demo.check_input_format(cfg) is None
+    cfg.INPUT.FORMAT = "RGB"
+    message = demo.check_input_format(cfg)
+    assert "INPUT.FORMAT is RGB" in message and "BGR order" in message
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    assert demo.check_input_format(cfg) is None
+    cfg.MODEL.PIXEL_MEAN = [110.0, 110.0, 112.0]  # too close to tell
+    assert demo.check_input_format(cfg) is None
+
+    for name in ("b.jpg", "a.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert demo.expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    assert demo.expand_inputs([str(tmp_path / "*.jpg"), str(tmp_path / "a.png")]) == [
+        str(tmp_path / "b.jpg"),
+        str(tmp_path / "a.png"),
+    ]
+    with pytest.raises(FileNotFoundError, match="missing_\\*.jpg"):
+        demo.expand_inputs([str(tmp_path / "missing_*.jpg")])
+
+
+def test_metadata_fallback_for_coco_configs_without_files():
+    demo = _demo()
+    cfg = load_cfg("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml")
+    meta = demo.demo_metadata(cfg)  # COCO is not on disk here
+    assert len(meta.thing_classes) == 80 and meta.stuff_classes[0] == "things"
+    assert demo.demo_metadata(cfg, "synthetic_panoptic_val").thing_classes == [
+        "disk",
+        "box",
+        "triangle",
+    ]
