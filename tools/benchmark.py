@@ -4,6 +4,9 @@
 For every config: parameters, inference FLOPs (fvcore, one image), median train-step time
 (forward + backward + SGD step on a batch), median inference time (one image) and peak memory
 (CUDA ``max_memory_allocated`` on GPU; on CPU the peak resident-set growth during one train step).
+``--amp fp16|bf16`` runs the steps under autocast; ``--calibrate-bn`` sets every FrozenBatchNorm's
+statistics from one batch first (random-init ResNets otherwise grow features to ~1e3..1e6, which
+overflow fp16 and make proposals and masks meaningless).
 The configs are measured in one process and their iterations are interleaved, so a shared or
 throttled machine slows them alike; ratios against the first config are printed::
 
@@ -37,6 +40,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
+from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
@@ -59,6 +63,7 @@ class Bench:
     params: int = 0
     gflops: float = float("nan")
     train_mem: float = float("nan")
+    amp: torch.dtype | None = None  # autocast dtype of the timed steps (None: fp32)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -165,11 +170,47 @@ def peak_memory(device: str, out: Callable[[float], None]):
     out(_rss_mib("VmHWM") - before)
 
 
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast(device: str, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``device``'s type with ``dtype``; a no-op context for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@torch.no_grad()
+def calibrate_frozen_bn(model: torch.nn.Module, inputs: list[dict]) -> int:
+    """Give every ``FrozenBatchNorm2d`` the batch statistics of its input on ``inputs``.
+
+    One inference pass; each layer is calibrated just before it runs, so later layers see
+    calibrated inputs. Returns the number of layers changed (weights change in place).
+    """
+
+    def use_batch_stats(module: FrozenBatchNorm2d, args: tuple) -> None:
+        x = args[0].float()
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3)).clamp(min=1e-4) - module.eps)
+
+    layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    hooks = [m.register_forward_pre_hook(use_batch_stats) for m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        model([{"image": x["image"], "height": x["height"], "width": x["width"]} for x in inputs])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return len(layers)
+
+
 def train_step(bench: Bench, inputs: list[dict]) -> float:
     bench.model.train()
     _sync(bench.cfg.MODEL.DEVICE)
     start = time.perf_counter()
-    with EventStorage():
+    with EventStorage(), autocast(bench.cfg.MODEL.DEVICE, bench.amp):
         losses = bench.model(inputs)
     loss = sum(losses.values())
     bench.optimizer.zero_grad(set_to_none=True)
@@ -183,7 +224,7 @@ def infer_step(bench: Bench, inputs: list[dict]) -> float:
     bench.model.eval()
     _sync(bench.cfg.MODEL.DEVICE)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(bench.cfg.MODEL.DEVICE, bench.amp):
         bench.model(inputs)
     _sync(bench.cfg.MODEL.DEVICE)
     return time.perf_counter() - start
@@ -243,6 +284,10 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (jit trace)")
     parser.add_argument("--keep-score-thresh", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="autocast dtype (default fp32)")
+    parser.add_argument(
+        "--calibrate-bn", action="store_true", help="FrozenBN statistics from the train batch"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every config")
     args = parser.parse_args(argv)
     if args.iters < 0 or args.warmup < 0:
@@ -260,7 +305,10 @@ def main(argv: list[str] | None = None) -> list[Bench]:
         # Same seed: every config sees the same images and boxes (labels sized to its classes).
         inputs = make_inputs(cfg, height, width, args.batch_size, args.seed)
         num_params = sum(p.numel() for p in model.parameters())
-        benches.append(Bench(spec, cfg, model, optimizer, inputs, params=num_params))
+        if args.calibrate_bn:
+            calibrate_frozen_bn(model, inputs)
+        amp = AMP_DTYPES.get(args.amp)
+        benches.append(Bench(spec, cfg, model, optimizer, inputs, params=num_params, amp=amp))
     image = benches[0].train_inputs[0]["image"]
     infer_inputs = [{"image": image, "height": height, "width": width}]
 
@@ -284,7 +332,8 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     print(
         f"device {args.device}, input {height}x{width}, train batch {args.batch_size}, "
         f"median of {args.iters} iterations after {args.warmup} warm-up, "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}, {args.amp or 'fp32'}"
+        + (", calibrated FrozenBN" if args.calibrate_bn else "")
     )
     print(format_table(benches))
     return benches
