@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from types import ModuleType
 
+import pytest
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
@@ -65,6 +66,26 @@ KEEP_ALL_DETECTIONS_OPTS = [
     "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", 16,
     "TEST.DETECTIONS_PER_IMAGE", 5,
 ]  # fmt: skip
+
+
+_NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# Device parameters: every device test has the marker "devices" (tools/gpu_check.py selects them
+# with -m); the CUDA variant also has "cuda" and is skipped, but collected, without CUDA.
+CPU = pytest.param("cpu", id="cpu", marks=pytest.mark.devices)
+CUDA = pytest.param("cuda", id="cuda", marks=[pytest.mark.devices, pytest.mark.cuda, _NEEDS_CUDA])
+DEVICES = [CPU, CUDA]
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """No TF32 in CUDA matmuls and convolutions (cuDNN's default uses it): comparisons of two
+    computations (batched vs per image) then hold to fp32 tolerances. No-op on CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def config_path(name: str) -> str:

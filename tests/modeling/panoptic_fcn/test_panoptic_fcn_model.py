@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
-from helpers import TINY_OPTS, build_tiny_model, load_cfg, tiny_batch
+from helpers import DEVICES, TINY_OPTS, build_tiny_model, full_fp32, load_cfg, tiny_batch
 
 from panoptic_ext.layers.modulated_deform_conv import ModulatedDeformConvBlock
 
@@ -48,9 +48,9 @@ def _perturb(model: torch.nn.Module) -> None:
     g = torch.Generator().manual_seed(1)
     head = model.position_head
     for conv in (head.out_inst, head.out_sem, model.kernel_head.out_conv):
-        conv.weight.data = torch.randn(conv.weight.shape, generator=g) * 0.2
+        conv.weight.data.copy_(torch.randn(conv.weight.shape, generator=g) * 0.2)
     emb = model.thing_generator.embed_extractor
-    emb.weight.data = torch.randn(emb.weight.shape, generator=g)
+    emb.weight.data.copy_(torch.randn(emb.weight.shape, generator=g))
 
 
 def _check_outputs(outputs, inputs, num_stuff=4):
@@ -89,12 +89,14 @@ def test_train_step_and_inference(name):
         _check_outputs(model(inputs), inputs)
 
 
-def test_batched_inference_equals_single_images():
-    cfg = load_cfg(CONFIGS[0], *SHRINK, "MODEL.PANOPTIC_FCN.POSITION_HEAD.DEFORM", True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_inference_equals_single_images(device):
+    opts = ("MODEL.PANOPTIC_FCN.POSITION_HEAD.DEFORM", True, "MODEL.DEVICE", device)
+    cfg = load_cfg(CONFIGS[0], *SHRINK, *opts)
     model = build_tiny_model(cfg).eval()
     _perturb(model)
     inputs = tiny_batch(cfg, (1, 2, 3), is_train=False)
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32():
         batched = model(inputs)
         single = [model([x])[0] for x in inputs]
     _check_outputs(batched, inputs)
