@@ -102,6 +102,19 @@ def test_spent_budget_leaves_steps_out(gpu_check, tmp_path):
         gpu_check.main(["--steps", "env,bogus"])
 
 
+def test_tests_step_reports_a_pytest_run_stopped_at_the_limit(gpu_check, tmp_path):
+    import gpu_check_steps as steps  # on sys.path since the gpu_check fixture loaded the tool
+
+    settings = steps.CheckSettings("cpu", True, str(tmp_path), 0, time_limit_s=21.0)  # 1 s left
+    result = steps.tests_step(settings)
+    assert result.status == "fail" and result.figures["exit_code"] is None
+    assert not result.checks[0].ok and result.checks[0].what.startswith("pytest finished in time")
+    verbose = "t.py::a[cuda] PASSED [ 50%]\nt.py::b[cuda] FAILED [100%]\nt.py::c[cuda] SKIPPED (x)"
+    counts, failed = steps.parse_verbose(verbose)
+    assert counts == {"tests": 3, "failures": 1, "errors": 0, "skipped": 1}
+    assert failed == ["t.py::b[cuda]"]
+
+
 def test_the_cuda_variants_are_collected_for_the_gpu_run():
     """What the GPU check's test step selects (-m "devices and cuda"): every family in every
     CUDA precision, the AMP trainer, batch-N inference, deterministic mode, the RoIAlign path."""

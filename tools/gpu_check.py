@@ -87,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # run one step, write --result
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--child-limit-s", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = set(filter(None, args.steps.split(","))) - {s.name for s in STEPS}
     if unknown:
@@ -106,6 +107,7 @@ def settings_from(args: argparse.Namespace) -> CheckSettings:
         tiny=args.tiny,
         out_dir=os.path.abspath(args.out),
         workers=args.workers,
+        time_limit_s=args.child_limit_s,
     )
 
 
@@ -141,7 +143,7 @@ def run_in_child(step: Step, args: argparse.Namespace, limit_s: float, log) -> S
     if os.path.exists(result_file):
         os.remove(result_file)
     cmd = [sys.executable, os.path.abspath(__file__), *settings_argv(args)]
-    cmd += ["--child", step.name, "--result", result_file]
+    cmd += ["--child", step.name, "--result", result_file, "--child-limit-s", str(limit_s)]
     env = dict(os.environ, PYTHONPATH=CHILD_PATH, PYTHONUNBUFFERED="1")
     start = time.perf_counter()
     proc = subprocess.Popen(

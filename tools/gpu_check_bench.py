@@ -73,6 +73,38 @@ def throughput_step(settings: CheckSettings) -> StepResult:
     result = StepResult("throughput", "Panoptic FCN R50 1x inference img/s, fp32 and AMP")
     height, width = _size(settings)
     warmup, iters = (0, 1) if settings.tiny else (5, 30)
+    variants = _throughput_variants(settings, height, width)
+    counts, errors = {}, {}
+    for key, b in variants.items():  # one inference each (also a warm-up); a variant that
+        try:  # fails (e.g. an fp16 dtype error) is reported, the others are still measured
+            counts[key] = _output_counts(b)
+        except Exception as e:  # noqa: BLE001
+            errors[key] = f"{type(e).__name__}: {e}"
+    timed = [b for key, b in variants.items() if key in counts]
+    for _ in range(warmup):
+        for b in timed:
+            benchmark.infer_step(b, b.train_inputs)
+    for _ in range(iters):  # interleaved: a drifting clock slows every variant alike
+        for b in timed:
+            with benchmark.peak_memory(settings.device, lambda v, b=b: setattr(b, "train_mem", v)):
+                b.infer_times.append(benchmark.infer_step(b, b.train_inputs))
+    rows = [_report_variant(result, key, b, counts, errors) for key, b in variants.items()]
+    header = ["precision", "batch", "img/s", "peak mem (MiB)", "instances/img", "segments/img"]
+    result.tables.append(markdown_table(header, [r for r in rows if r]))
+    img_s = {
+        k: result.figures.get(f"{k}_batch1", {}).get("img_per_s", float("nan"))
+        for k in ("fp32", "amp")
+    }
+    result.goals.append(_amp_goal(settings, img_s["amp"]))
+    result.summary = (
+        f"{height}x{width}: fp32 {img_s['fp32']:.1f} img/s, AMP {img_s['amp']:.1f} img/s (batch 1)"
+    )
+    result.figures.update(input_size=f"{height}x{width}", warmup=warmup, iterations=iters)
+    return result
+
+
+def _throughput_variants(settings: CheckSettings, height: int, width: int) -> dict:
+    """(precision, batch) -> Bench, all on one calibrated model and the same 4 images."""
     merge = ["MODEL.PANOPTIC_FCN.INFERENCE.COMBINE.INST_THRESH", 0.0]
     if settings.tiny:  # the default 4096 px stuff limit is most of a 64x96 image
         merge += ["MODEL.PANOPTIC_FCN.INFERENCE.COMBINE.STUFF_AREA_LIMIT", 16]
@@ -81,45 +113,33 @@ def throughput_step(settings: CheckSettings) -> StepResult:
     model = build_model(cfg).eval()
     inputs = benchmark.make_inputs(cfg, height, width, 4, seed=0)
     benchmark.calibrate_frozen_bn(model, inputs)
-    variants = {
+    return {
         (precision, batch): benchmark.Bench(
             f"{precision} batch {batch}", cfg, model, None, inputs[:batch], amp=amp
         )
         for precision, amp in (("fp32", None), ("amp", _amp_dtype(settings)))
         for batch in (1, 4)
     }
-    counts = {key: _output_counts(b) for key, b in variants.items()}  # also warms up
-    for _ in range(warmup):
-        for b in variants.values():
-            benchmark.infer_step(b, b.train_inputs)
-    for _ in range(iters):  # interleaved: a drifting clock slows every variant alike
-        for b in variants.values():
-            with benchmark.peak_memory(settings.device, lambda v, b=b: setattr(b, "train_mem", v)):
-                b.infer_times.append(benchmark.infer_step(b, b.train_inputs))
-    rows = []
-    for (precision, batch), b in variants.items():
-        img_s = batch / statistics.median(b.infer_times)
-        count = counts[precision, batch]
-        result.figures[f"{precision}_batch{batch}"] = dict(
-            img_per_s=round(img_s, 2), peak_mem_mib=round(b.train_mem), **count
-        )
-        rows.append([precision, batch, f"{img_s:.2f}", f"{b.train_mem:.0f}", *count.values()])
-        result.check(
-            f"{b.name}: finite positive img/s", finite(img_s) and img_s > 0, f"{img_s:.3g}"
-        )
-        result.check(
-            f"{b.name}: outputs are not degenerate",
-            count["instances_per_image"] > 0 and count["segments_per_image"] > 0,
-            str(count),
-        )
-    header = ["precision", "batch", "img/s", "peak mem (MiB)", "instances/img", "segments/img"]
-    result.tables.append(markdown_table(header, rows))
-    amp1 = result.figures["amp_batch1"]["img_per_s"]
-    result.goals.append(_amp_goal(settings, amp1))
-    fp32 = result.figures["fp32_batch1"]["img_per_s"]
-    result.summary = f"{height}x{width}: fp32 {fp32:.1f} img/s, AMP {amp1:.1f} img/s (batch 1)"
-    result.figures.update(input_size=f"{height}x{width}", warmup=warmup, iterations=iters)
-    return result
+
+
+def _report_variant(result: StepResult, key: tuple, b: benchmark.Bench, counts, errors) -> list:
+    """Figures and checks of one throughput variant; its table row ([] if it failed)."""
+    if key in errors:
+        result.check(f"{b.name}: inference runs", False, errors[key])
+        return []
+    precision, batch = key
+    img_s = batch / statistics.median(b.infer_times)
+    count = counts[key]
+    result.figures[f"{precision}_batch{batch}"] = dict(
+        img_per_s=round(img_s, 2), peak_mem_mib=round(b.train_mem), **count
+    )
+    result.check(f"{b.name}: finite positive img/s", finite(img_s) and img_s > 0, f"{img_s:.3g}")
+    result.check(
+        f"{b.name}: outputs are not degenerate",
+        count["instances_per_image"] > 0 and count["segments_per_image"] > 0,
+        str(count),
+    )
+    return [precision, batch, f"{img_s:.2f}", f"{b.train_mem:.0f}", *count.values()]
 
 
 @torch.no_grad()

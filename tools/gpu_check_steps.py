@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ class CheckSettings:
     tiny: bool  # tiny sizes and 1-2 iterations (the CPU test in CI)
     out_dir: str  # summary and log
     workers: int  # data-loader workers of the quick schedules
+    time_limit_s: float | None = None  # when this step's process is killed (None: no limit)
 
     @property
     def work_dir(self) -> str:
@@ -191,9 +193,27 @@ def env_step(settings: CheckSettings) -> StepResult:
     err = float((got - want).abs().max() / want.abs().max())
     result.check("a matmul on the device matches float64", err < 1e-3, f"relative error {err:.1e}")
     result.check(*_registered_components())
+    result.check(*_one_rank_all_reduce(settings.device))
     result.figures = fig
     result.summary = f"{fig['device_name']}, torch {fig['torch']}, CUDA {fig['cuda']}"
     return result
+
+
+def _one_rank_all_reduce(device: str) -> tuple[str, bool, str]:
+    """A one-process group (NCCL on CUDA, gloo on CPU) all-reduces a tensor: the library loads
+    and runs here. (DDP needs two processes; with one GPU, detectron2 trains without it.)"""
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if device == "cuda" else "gloo"
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        x = torch.arange(4.0, device=device)
+        dist.all_reduce(x)
+        ok = x.tolist() == [0.0, 1.0, 2.0, 3.0]
+    finally:
+        dist.destroy_process_group()
+    return f"{backend} all_reduce in a one-process group", ok, backend
 
 
 def _registered_components() -> tuple[str, bool, str]:
@@ -222,24 +242,52 @@ TINY_TEST_FILTER = "sparse_roi_align_backward"
 def tests_step(settings: CheckSettings) -> StepResult:
     result = StepResult("tests", f"device tests on {settings.device} (pytest -m devices)")
     junit = os.path.join(settings.work_dir, "pytest_devices.xml")
+    if os.path.exists(junit):
+        os.remove(junit)
     marker = "devices and cuda" if settings.device == "cuda" else "devices and not cuda"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker]
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", marker]
     # A test module that cannot be imported here is reported; the others still run.
     cmd += ["--continue-on-collection-errors", "--junitxml", junit, os.path.join(REPO, "tests")]
     if settings.tiny:
         cmd += ["-k", TINY_TEST_FILTER]
     # Deterministic cuBLAS needs this before the first cuBLAS call of the process.
     env = dict(os.environ, CUBLAS_WORKSPACE_CONFIG=":4096:8")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    print(proc.stdout[-30000:], proc.stderr[-5000:], sep="\n", flush=True)
-    counts, failed = parse_junit(junit)
+    # Stop pytest before this step is killed, so the tests that ran are still reported.
+    limit = settings.time_limit_s - 20 if settings.time_limit_s else None
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit)
+        output, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        output, code = _text(e.stdout) + _text(e.stderr), None
+    print(output[-40000:], flush=True)
+    counts, failed = parse_junit(junit) if code is not None else parse_verbose(output)
     ran = counts["tests"] - counts["skipped"]
-    result.figures = dict(counts, ran=ran, failed_tests=failed, exit_code=proc.returncode)
-    result.check("pytest exit status 0", proc.returncode == 0, f"exit {proc.returncode}")
+    result.figures = dict(counts, ran=ran, failed_tests=failed, exit_code=code)
+    result.check("pytest finished in time, exit status 0", code == 0, f"exit {code}")
     result.check("at least one test ran", ran > 0, f"{ran} of {counts['tests']} ran")
     result.check("no failures or errors", not failed, ", ".join(failed[:20]))
     result.summary = f"{ran} ran, {len(failed)} failed, {counts['skipped']} skipped"
     return result
+
+
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data or ""
+
+
+def parse_verbose(output: str) -> tuple[dict, list[str]]:
+    """Counts and failed test ids from ``pytest -v`` lines (a run stopped before its report)."""
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    failed = []
+    for found in re.finditer(
+        r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)", output, re.M
+    ):
+        test, outcome = found.groups()
+        counts["tests"] += 1
+        counts["skipped"] += outcome == "SKIPPED"
+        if outcome in ("FAILED", "ERROR"):
+            counts["failures" if outcome == "FAILED" else "errors"] += 1
+            failed.append(test)
+    return counts, failed
 
 
 def parse_junit(path: str) -> tuple[dict, list[str]]:
