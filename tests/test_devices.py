@@ -2,8 +2,8 @@
 
 Batch-N inference equals per-image inference, deterministic mode repeats a run, and the sparse
 RoIAlign backward of adaptive feature pooling is used on CPU only (torchvision's kernel on CUDA).
-One train step + inference per family and precision: ``test_reliability_amp.py``; Panoptic FCN's
-batch-N test: ``test_panoptic_fcn_model.py``.
+One train step + inference per family and precision: ``engine/test_amp.py``; Panoptic FCN's
+batch-N test: ``modeling/panoptic_fcn/test_panoptic_fcn_model.py``.
 """
 
 import warnings
@@ -24,8 +24,8 @@ from helpers import (
     tiny_batch,
 )
 
-from panoptic_ext.checkpoint import enable_deterministic_mode
 from panoptic_ext.modeling.roi_heads.afp_pooler import AdaptiveFeaturePooler
+from panoptic_ext.utils.determinism import enable_deterministic_mode
 
 FAMILIES = {
     "semantic_fpn": "quick_schedules/semantic_fpn_synthetic.yaml",

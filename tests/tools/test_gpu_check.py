@@ -13,8 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, load_script
-from reliability_utils import one_thread
+from helpers import REPO, load_script, one_thread
 
 STEPS = [
     "env",
@@ -119,7 +118,11 @@ def test_the_cuda_variants_are_collected_for_the_gpu_run():
     """What the GPU check's test step selects (-m "devices and cuda"): every family in every
     CUDA precision, the AMP trainer, batch-N inference, deterministic mode, the RoIAlign path."""
     cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
-    files = ["test_devices.py", "test_reliability_amp.py", "test_panoptic_fcn_model.py"]
+    files = [
+        "test_devices.py",
+        "engine/test_amp.py",
+        "modeling/panoptic_fcn/test_panoptic_fcn_model.py",
+    ]
     cmd += ["-m", "devices and cuda", *[os.path.join(REPO, "tests", f) for f in files]]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     ids = [line for line in proc.stdout.splitlines() if "::" in line]
