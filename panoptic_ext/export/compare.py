@@ -1,0 +1,137 @@
+"""Exported vs eager results: the same segments, categories and scores up to float rounding.
+
+Used by the exporter (it refuses to write a model that fails) and by the tests. Results are
+detectron2 dicts ("panoptic_seg", "instances", "sem_seg"); every check returns figures (worst
+agreement, largest difference) so a report shows how close the two are, not only pass/fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Comparison", "Tolerance", "compare_results"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What float rounding may change between two runtimes.
+
+    Attributes:
+        pixel_agreement: least fraction of pixels on which maps must agree (panoptic ids,
+            semantic argmax, each instance mask over the whole image).
+        score_atol: largest difference of an instance / segment score.
+        value_rtol: largest difference of a ``sem_seg`` value, relative to the map's largest
+            magnitude (logits or probabilities).
+        box_atol: largest difference of a box coordinate, in pixels.
+    """
+
+    pixel_agreement: float = 0.999
+    score_atol: float = 1e-3
+    value_rtol: float = 1e-3
+    box_atol: float = 0.05
+
+
+@dataclass
+class Comparison:
+    """Problems found (empty = same results) and the figures behind them."""
+
+    problems: list[str] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a == b).float().mean()) if a.numel() else 1.0
+
+
+def _compare_sem_seg(exp: torch.Tensor, act: torch.Tensor, tol: Tolerance, out: Comparison):
+    if exp.shape != act.shape:
+        out.problems.append(f"sem_seg shape {tuple(act.shape)} != {tuple(exp.shape)}")
+        return
+    agree = _agreement(exp.argmax(0), act.argmax(0))
+    scale = max(1.0, float(exp.abs().max())) if exp.numel() else 1.0
+    rel = float((exp - act).abs().max()) / scale if exp.numel() else 0.0
+    out.figures.update(sem_seg_agreement=agree, sem_seg_max_rel_diff=rel)
+    if agree < tol.pixel_agreement:
+        out.problems.append(f"sem_seg argmax agrees on {agree:.4%} of pixels")
+    if rel > tol.value_rtol:
+        out.problems.append(f"sem_seg values differ by {rel:.2e} of their range")
+
+
+def _compare_instances(exp: Any, act: Any, tol: Tolerance, out: Comparison):
+    out.figures["instances"] = float(len(exp))
+    if len(exp) != len(act):
+        out.problems.append(f"{len(act)} instances instead of {len(exp)}")
+        return
+    if not len(exp):
+        return
+    if not torch.equal(exp.pred_classes, act.pred_classes):
+        out.problems.append("instance classes differ")
+    score = float((exp.scores - act.scores).abs().max())
+    box = float((exp.pred_boxes.tensor - act.pred_boxes.tensor).abs().max())
+    out.figures.update(instance_score_max_diff=score, box_max_diff=box)
+    if score > tol.score_atol:
+        out.problems.append(f"instance scores differ by {score:.2e}")
+    if box > tol.box_atol:
+        out.problems.append(f"boxes differ by {box:.3f} px")
+    if exp.has("pred_masks"):
+        agree = (exp.pred_masks == act.pred_masks).flatten(1).float().mean(1).min()
+        out.figures["mask_agreement_min"] = float(agree)
+        if agree < tol.pixel_agreement:
+            out.problems.append(f"an instance mask agrees on only {float(agree):.4%} of pixels")
+
+
+def _segments(info: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {int(s["id"]): s for s in info}
+
+
+def _compare_panoptic(exp: tuple, act: tuple, tol: Tolerance, out: Comparison):
+    (exp_ids, exp_info), (act_ids, act_info) = exp, act
+    if exp_ids.shape != act_ids.shape:
+        out.problems.append(f"panoptic_seg shape {tuple(act_ids.shape)} != {tuple(exp_ids.shape)}")
+        return
+    agree = _agreement(exp_ids, act_ids)
+    out.figures.update(panoptic_agreement=agree, segments=float(len(exp_info)))
+    if agree < tol.pixel_agreement:
+        out.problems.append(f"panoptic ids agree on {agree:.4%} of pixels")
+    exp_seg, act_seg = _segments(exp_info), _segments(act_info)
+    if set(exp_seg) != set(act_seg):
+        out.problems.append(f"segment ids {sorted(act_seg)} instead of {sorted(exp_seg)}")
+        return
+    worst = 0.0
+    for sid, s in exp_seg.items():
+        a = act_seg[sid]
+        if (bool(s["isthing"]), s["category_id"]) != (bool(a["isthing"]), a["category_id"]):
+            out.problems.append(
+                f"segment {sid} is category {a['category_id']} not {s['category_id']}"
+            )
+        if "score" in s:
+            worst = max(worst, abs(float(s["score"]) - float(a.get("score", float("nan")))))
+    out.figures["segment_score_max_diff"] = worst
+    if not worst <= tol.score_atol:  # also catches NaN (a missing score)
+        out.problems.append(f"segment scores differ by {worst:.2e}")
+
+
+def compare_results(
+    expected: dict[str, Any], actual: dict[str, Any], tol: Tolerance | None = None
+) -> Comparison:
+    """Compare two detectron2 result dicts of one image (``expected`` = eager PyTorch)."""
+    tol = tol or Tolerance()
+    out = Comparison()
+    if set(expected) != set(actual):
+        out.problems.append(f"result keys {sorted(actual)} instead of {sorted(expected)}")
+    if "sem_seg" in expected and "sem_seg" in actual:
+        _compare_sem_seg(expected["sem_seg"].cpu(), actual["sem_seg"].cpu(), tol, out)
+    if "instances" in expected and "instances" in actual:
+        _compare_instances(expected["instances"].to("cpu"), actual["instances"].to("cpu"), tol, out)
+    if "panoptic_seg" in expected and "panoptic_seg" in actual:
+        exp_ids, exp_info = expected["panoptic_seg"]
+        act_ids, act_info = actual["panoptic_seg"]
+        _compare_panoptic((exp_ids.cpu(), exp_info), (act_ids.cpu(), act_info), tol, out)
+    return out
