@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Comparison", "Tolerance", "compare_results"]
+__all__ = ["Comparison", "Tolerance", "compare_results", "worst_figures"]
 
 
 @dataclass(frozen=True)
@@ -135,3 +135,15 @@ def compare_results(
         act_ids, act_info = actual["panoptic_seg"]
         _compare_panoptic((exp_ids.cpu(), exp_info), (act_ids.cpu(), act_info), tol, out)
     return out
+
+
+def worst_figures(figures: list[dict[str, Any]]) -> dict[str, float]:
+    """The worst of each figure over several comparisons: least agreement, largest difference."""
+    worst: dict[str, float] = {}
+    for fig in figures:
+        for key, value in fig.items():
+            if "agreement" in key:
+                worst[key] = min(worst.get(key, 1.0), float(value))
+            elif "diff" in key:
+                worst[key] = max(worst.get(key, 0.0), float(value))
+    return worst

@@ -217,5 +217,5 @@ def export_model(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-    logger.info(f"exported {cfg.MODEL.META_ARCHITECTURE} to {final}; checks: {checks}")
+    logger.info(f"exported {cfg.MODEL.META_ARCHITECTURE} to {final} ({len(checks)} inputs checked)")
     return ExportResult(final, spec)
