@@ -19,6 +19,9 @@ SMALL_OPTS = [
 ]  # fmt: skip
 RCNN_OPTS = [
     *KEEP_ALL_DETECTIONS_OPTS,
+    # More than the 3 x 100 candidates NMS leaves: the number of detections differs per image
+    # (260-290), so a count frozen by tracing shows.
+    "TEST.DETECTIONS_PER_IMAGE", 300,
     "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
     "MODEL.ROI_MASK_HEAD.CONV_DIM", 64,  # PANet's FF branch halves it for its GroupNorm(32)
 ]  # fmt: skip

@@ -64,6 +64,31 @@ def _compare_sem_seg(exp: torch.Tensor, act: torch.Tensor, tol: Tolerance, out: 
         out.problems.append(f"sem_seg values differ by {rel:.2e} of their range")
 
 
+def match_instances(exp: Any, act: Any, tol: Tolerance) -> list[int]:
+    """For each expected instance, the index of its actual counterpart (-1: none).
+
+    Counterpart = same class, score within ``score_atol`` and box within ``box_atol`` (the
+    nearest such box, each actual instance used once). Matching by content, not by index: two
+    detections whose scores differ by less than float rounding may swap places.
+    """
+    dist = torch.cdist(
+        exp.pred_boxes.tensor.double(), act.pred_boxes.tensor.double(), p=float("inf")
+    )
+    valid = exp.pred_classes[:, None] == act.pred_classes[None, :]
+    valid &= (exp.scores[:, None] - act.scores[None, :]).abs() <= tol.score_atol
+    valid &= dist <= tol.box_atol
+    dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
+    match = []
+    for row in dist:
+        j = int(row.argmin()) if len(row) else -1
+        if j < 0 or not torch.isfinite(row[j]):
+            match.append(-1)
+            continue
+        match.append(j)
+        dist[:, j] = float("inf")  # used
+    return match
+
+
 def _compare_instances(exp: Any, act: Any, tol: Tolerance, out: Comparison):
     out.figures["instances"] = float(len(exp))
     if len(exp) != len(act):
@@ -71,15 +96,18 @@ def _compare_instances(exp: Any, act: Any, tol: Tolerance, out: Comparison):
         return
     if not len(exp):
         return
-    if not torch.equal(exp.pred_classes, act.pred_classes):
-        out.problems.append("instance classes differ")
-    score = float((exp.scores - act.scores).abs().max())
-    box = float((exp.pred_boxes.tensor - act.pred_boxes.tensor).abs().max())
-    out.figures.update(instance_score_max_diff=score, box_max_diff=box)
-    if score > tol.score_atol:
-        out.problems.append(f"instance scores differ by {score:.2e}")
-    if box > tol.box_atol:
-        out.problems.append(f"boxes differ by {box:.3f} px")
+    match = match_instances(exp, act, tol)
+    missing = [i for i, j in enumerate(match) if j < 0]
+    if missing:
+        out.problems.append(
+            f"{len(missing)} instance(s) without a counterpart of the same class, score and box "
+            f"(e.g. #{missing[0]}: class {int(exp.pred_classes[missing[0]])}, "
+            f"score {float(exp.scores[missing[0]]):.4f})"
+        )
+        return
+    act = act[torch.tensor(match)]
+    out.figures["instance_score_max_diff"] = float((exp.scores - act.scores).abs().max())
+    out.figures["box_max_diff"] = float((exp.pred_boxes.tensor - act.pred_boxes.tensor).abs().max())
     if exp.has("pred_masks"):
         agree = (exp.pred_masks == act.pred_masks).flatten(1).float().mean(1).min()
         out.figures["mask_agreement_min"] = float(agree)
@@ -91,22 +119,44 @@ def _segments(info: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return {int(s["id"]): s for s in info}
 
 
+def match_segments(exp_ids: torch.Tensor, act_ids: torch.Tensor) -> dict[int, int]:
+    """{actual id: expected id} for segments that are each other's largest overlap (0 = void)."""
+    exp, act = exp_ids.long().flatten(), act_ids.long().flatten()
+    n_act = int(act.max()) + 1 if act.numel() else 1
+    n_exp = int(exp.max()) + 1 if exp.numel() else 1
+    overlap = torch.bincount(exp * n_act + act, minlength=n_exp * n_act).view(n_exp, n_act)
+    best_act, best_exp = overlap.argmax(1), overlap.argmax(0)
+    return {
+        int(a): e
+        for e, a in enumerate(best_act.tolist())
+        if overlap[e, a] > 0 and int(best_exp[a]) == e
+    }
+
+
 def _compare_panoptic(exp: tuple, act: tuple, tol: Tolerance, out: Comparison):
+    """Segments matched by overlap (ids may be numbered differently), then compared."""
     (exp_ids, exp_info), (act_ids, act_info) = exp, act
     if exp_ids.shape != act_ids.shape:
         out.problems.append(f"panoptic_seg shape {tuple(act_ids.shape)} != {tuple(exp_ids.shape)}")
         return
-    agree = _agreement(exp_ids, act_ids)
+    to_exp = match_segments(exp_ids, act_ids)
+    lut = torch.full((int(act_ids.max()) + 1 if act_ids.numel() else 1,), -1, dtype=torch.long)
+    for a, e in to_exp.items():
+        lut[a] = e
+    agree = _agreement(exp_ids.long(), lut[act_ids.long()])
     out.figures.update(panoptic_agreement=agree, segments=float(len(exp_info)))
     if agree < tol.pixel_agreement:
-        out.problems.append(f"panoptic ids agree on {agree:.4%} of pixels")
+        out.problems.append(f"panoptic segments agree on {agree:.4%} of pixels")
     exp_seg, act_seg = _segments(exp_info), _segments(act_info)
-    if set(exp_seg) != set(act_seg):
-        out.problems.append(f"segment ids {sorted(act_seg)} instead of {sorted(exp_seg)}")
-        return
+    matched = {e: act_seg[a] for a, e in to_exp.items() if a in act_seg and e in exp_seg}
+    unmatched = sorted(set(exp_seg) - set(matched))
+    if unmatched or len(act_seg) != len(exp_seg):
+        out.problems.append(
+            f"{len(act_seg)} segments instead of {len(exp_seg)}; without counterpart: {unmatched}"
+        )
     worst = 0.0
-    for sid, s in exp_seg.items():
-        a = act_seg[sid]
+    for sid, a in matched.items():
+        s = exp_seg[sid]
         if (bool(s["isthing"]), s["category_id"]) != (bool(a["isthing"]), a["category_id"]):
             out.problems.append(
                 f"segment {sid} is category {a['category_id']} not {s['category_id']}"

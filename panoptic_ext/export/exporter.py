@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
+from detectron2.export.torchscript_patch import patch_builtin_len
 from torch import nn
 
 from .compare import Tolerance, compare_results
@@ -198,7 +199,9 @@ def export_model(
     root, ext = os.path.splitext(final)
     tmp = f"{root}.tmp{os.getpid()}{ext}"  # same folder: the final rename is atomic
     try:
-        with torch.no_grad():
+        # patch_builtin_len: detectron2's ROI heads split per-image results with len(Instances),
+        # which tracing would freeze to the sample's number of detections.
+        with torch.no_grad(), patch_builtin_len():
             image = samples[0]["image"]
             if fmt is ExportFormat.ONNX:
                 _write_onnx(network, image, spec, tmp, family.dynamic_axes(model))

@@ -86,13 +86,15 @@ class TorchScriptBackend:
         return dict(zip(self.spec.output_names, values))
 
 
-def open_backend(path: str, providers: list[str] | None = None, device: str = "cpu"):
+def open_backend(
+    path: str, providers: list[str] | None = None, device: str = "cpu", threads: int = 0
+):
     """The backend for ``path`` by its suffix: ``.onnx`` -> ONNX Runtime, ``.ts`` -> TorchScript."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported model {path} does not exist")
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".onnx":
-        return OnnxRuntimeBackend(path, providers)
+        return OnnxRuntimeBackend(path, providers, threads)
     if suffix in (".ts", ".pt"):
         return TorchScriptBackend(path, device)
     raise ValueError(f"{path}: expected a .onnx (ONNX) or .ts (TorchScript) exported model")
@@ -108,9 +110,22 @@ class ExportedPredictor:
     bool (K, H, W)) and/or "sem_seg" ((C, H, W) float), depending on the model.
     """
 
-    def __init__(self, path: str, providers: list[str] | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        path: str,
+        providers: list[str] | None = None,
+        device: str = "cpu",
+        threads: int = 0,
+    ):
+        """
+        Args:
+            path: a ``panoptic-ext-export`` output (``.onnx`` or ``.ts``).
+            providers: ONNX Runtime execution providers (default: CUDA if present, CPU).
+            device: device of a TorchScript model.
+            threads: ONNX Runtime intra-op threads (0: its default, one per physical core).
+        """
         self.path = path
-        self.backend = open_backend(path, providers, device)
+        self.backend = open_backend(path, providers, device, threads)
         self.spec: ExportSpec = self.backend.spec
         self.family = family_of(self.spec.meta_architecture, f"{path}: meta_architecture")
         self.settings = settings_from_dict(self.family.settings_type, self.spec.settings, path)

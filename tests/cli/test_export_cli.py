@@ -25,7 +25,8 @@ def weights(tmp_path_factory):
 
 def _opts(weights):
     name, extra = FAMILY_CONFIGS["panoptic_fpn"]
-    return config_path(name), [str(v) for v in [*SMALL_OPTS, *extra, "MODEL.WEIGHTS", weights]]
+    opts = [*SMALL_OPTS, *extra, "TEST.DETECTIONS_PER_IMAGE", 20, "MODEL.WEIGHTS", weights]
+    return config_path(name), [str(v) for v in opts]
 
 
 def test_export_then_demo_matches_the_eager_demo(weights, tmp_path):

@@ -96,13 +96,17 @@ def test_compare_accepts_float_rounding():
 @pytest.mark.parametrize(
     "edit, problem",
     [
-        (lambda r: r["instances"].scores.__iadd__(2e-3), "instance scores differ"),
-        (lambda r: r["instances"].pred_classes.__setitem__(0, 0), "instance classes differ"),
+        (lambda r: r["instances"].scores.__iadd__(2e-3), "2 instance(s) without a counterpart"),
+        (lambda r: r["instances"].pred_classes.__setitem__(0, 0), "#0: class 1, score 0.9000"),
         (lambda r: r["instances"].pred_masks[0, :3, :].fill_(False), "an instance mask agrees"),
-        (lambda r: r["instances"].pred_boxes.tensor.__iadd__(1.0), "boxes differ"),
+        (lambda r: r["instances"].pred_boxes.tensor[1].__iadd__(1.0), "#1: class 2"),
         (lambda r: r["panoptic_seg"][1][2].__setitem__("category_id", 2), "segment 3 is category"),
         (lambda r: r["panoptic_seg"][1][0].__setitem__("score", 0.8), "segment scores differ"),
-        (lambda r: r["panoptic_seg"][0][:2].fill_(3), "panoptic ids agree"),
+        (lambda r: r["panoptic_seg"][0][:2].fill_(3), "panoptic segments agree"),
+        (
+            lambda r: r["panoptic_seg"][0].masked_fill_(r["panoptic_seg"][0] == 1, 3),
+            "without counterpart: [1]",
+        ),
         (lambda r: r["sem_seg"][0].__iadd__(100.0), "sem_seg argmax agrees"),
         (lambda r: r["sem_seg"].__imul__(1.01), "sem_seg values differ"),
         (lambda r: r.pop("sem_seg"), "result keys"),
@@ -114,6 +118,22 @@ def test_compare_reports_each_difference(edit, problem):
     edit(b)
     result = compare_results(a, b)
     assert any(problem in p for p in result.problems), result.problems
+
+
+def test_compare_matches_by_content_not_order():
+    """Near-tie detections may swap places and panoptic ids may be numbered differently."""
+    a = _results()
+    b = _copy(a)
+    b["instances"] = b["instances"][torch.tensor([1, 0])]
+    ids, info = b["panoptic_seg"]
+    renumbered = ids.clone()
+    for old, new in [(1, 7), (2, 5), (3, 9)]:
+        renumbered[ids == old] = new
+    info = [{**s, "id": {1: 7, 2: 5, 3: 9}[s["id"]]} for s in info]
+    b["panoptic_seg"] = (renumbered, info)
+    result = compare_results(a, b)
+    assert result.ok, result.problems
+    assert result.figures["panoptic_agreement"] == 1.0 and result.figures["box_max_diff"] == 0
 
 
 def test_compare_counts_instances():
