@@ -160,7 +160,7 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
     start = time.perf_counter()
     exported = export_model(model, cfg, ExportFormat.ONNX, os.path.join(out_dir, name), [sample])
     export_s = time.perf_counter() - start
-    predictor = ExportedPredictor(exported.path, args.providers, threads=args.threads)
+    predictor = ExportedPredictor(exported.path, ["CPUExecutionProvider"], threads=args.threads)
     network = family_of(cfg.MODEL.META_ARCHITECTURE).network(model).eval()
 
     calls = {
@@ -198,7 +198,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="800x1216", help="HxW of the input image")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of both")
-    parser.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
     parser.add_argument("--output-dir", help="where the ONNX files go (default: a temp folder)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (all)")
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +51,12 @@ class ExportResult:
 def _versions() -> dict[str, str]:
     import torchvision
 
-    from .. import __version__
-
-    versions = {"panoptic_ext": __version__, "torch": torch.__version__}
+    # The parent package is loaded whenever this module is (importing it would run up the layers).
+    package = sys.modules.get(__name__.split(".")[0])
+    versions = {
+        "panoptic_ext": getattr(package, "__version__", "unknown"),
+        "torch": torch.__version__,
+    }
     versions["torchvision"] = torchvision.__version__
     with contextlib.suppress(ImportError):
         import onnx
