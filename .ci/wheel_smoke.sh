@@ -22,4 +22,9 @@ panoptic-ext-demo --config-file "$CFG" --input "$DETECTRON2_DATASETS/synthetic_p
     --output out/demo \
     --panoptic-out out/panoptic "${SMALL[@]}" MODEL.WEIGHTS out/train/model_final.pth
 test -s out/panoptic/predictions.json
-echo "[ci] wheel: train, eval, validate and demo ran outside the checkout"
+panoptic-ext-export --config-file "$CFG" --output out/export "${SMALL[@]}" \
+    MODEL.WEIGHTS out/train/model_final.pth
+panoptic-ext-demo --onnx out/export/model.onnx --output out/demo_onnx \
+    --input "$DETECTRON2_DATASETS/synthetic_panoptic/*/val/val/*.jpg"
+test -s out/demo_onnx/val_000000.png
+echo "[ci] wheel: train, eval, validate, demo, export and demo --onnx ran outside the checkout"

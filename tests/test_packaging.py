@@ -26,5 +26,6 @@ def test_wheel_has_configs_and_entry_points(tmp_path):
     assert not [n for n in names if n.startswith(("tests/", "tools/", "demo/"))]
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(tmp_path / wheel).read(entry_points).decode()
-    for script in ("panoptic-ext-train", "panoptic-ext-demo", "panoptic-ext-validate-dataset"):
+    scripts = ("train", "demo", "validate-dataset", "export")
+    for script in (f"panoptic-ext-{name}" for name in scripts):
         assert f"{script} = panoptic_ext.cli." in text

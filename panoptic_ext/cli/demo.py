@@ -5,6 +5,7 @@
         --panoptic-out out/panoptic MODEL.WEIGHTS output/panoptic_fpn_synthetic/model_final.pth
     python demo/demo.py --config-file CFG --video-input clip.mp4 --output out/clip.mp4 \\
         MODEL.WEIGHTS model.pth
+    panoptic-ext-demo --onnx export/model.onnx --input shots/ --output out/   # exported model
 
 Images go through the evaluation path's own preprocessing (``PanopticDatasetMapper`` at test
 time: ``INPUT.FORMAT`` colour order, ``INPUT.MIN/MAX_SIZE_TEST`` resize) and the weights are
@@ -13,7 +14,9 @@ detectron2 ``Visualizer`` overlays (panoptic, else instances, else semantic), an
 ``--panoptic-out DIR`` COCO-panoptic ``DIR/<stem>.png`` files plus ``DIR/predictions.json``
 (dataset category ids). Class names come from ``--dataset`` (default: the config's first test
 set). Before running, the colour order of ``MODEL.PIXEL_MEAN`` is checked against
-``INPUT.FORMAT``.
+``INPUT.FORMAT``. With ``--onnx FILE`` (a ``panoptic-ext-export`` output, ``.onnx`` or ``.ts``)
+the exported model runs instead (ONNX Runtime / TorchScript, no weights or config needed: the
+file carries its preprocessing, post-processing settings and test-set name).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ..config import build_cfg
 from ..data import PanopticDatasetMapper
 from ..data.datasets import register_synthetic_datasets
 from ..engine import Trainer
+from ..export import ExportedPredictor
 from ..structures.boxes import segment_boxes
 from ..structures.panoptic_ids import id_to_rgb
 
@@ -170,6 +174,45 @@ class DemoPredictor:
         return rgb, self._run({"image": tensor, "height": h, "width": w})
 
 
+class ExportedDemoPredictor:
+    """:class:`DemoPredictor`'s interface over an exported model (``--onnx``).
+
+    Files are read as the test loader reads them (EXIF orientation applied, then the model's
+    colour order); the predictor resizes them as ``INPUT.MIN/MAX_SIZE_TEST`` did at export time.
+    """
+
+    def __init__(self, path: str):
+        self.predictor = ExportedPredictor(path)
+        self.spec = self.predictor.spec
+
+    def __call__(self, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+        rgb = utils.read_image(path, format="RGB")
+        image = rgb if self.spec.input_format == "RGB" else rgb[:, :, ::-1]
+        tensor = self.predictor.preprocess(np.ascontiguousarray(image))
+        return rgb, self.predictor.run_tensor(tensor, *rgb.shape[:2])
+
+    def on_frame(self, bgr: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        return np.ascontiguousarray(bgr[:, :, ::-1]), self.predictor(bgr)
+
+
+def build_predictor(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """The predictor, the class metadata and the model's name, from the command line."""
+    if args.onnx:
+        predictor = ExportedDemoPredictor(args.onnx)
+        if args.config_file:
+            cfg = setup_cfg(args.config_file, args.opts)
+        else:
+            cfg = build_cfg(None, args.opts)
+            register_synthetic_datasets()  # class names of the synthetic quick schedules
+        dataset = args.dataset or predictor.spec.dataset or None
+        return predictor, demo_metadata(cfg, dataset), predictor.spec.meta_architecture
+    cfg = setup_cfg(args.config_file, args.opts)
+    problem = check_input_format(cfg)
+    if problem:
+        logger.warning(problem)
+    return DemoPredictor(cfg), demo_metadata(cfg, args.dataset), cfg.MODEL.META_ARCHITECTURE
+
+
 def visualize(rgb: np.ndarray, outputs: dict[str, Any], metadata: Any) -> np.ndarray:
     """(H, W, 3) uint8 RGB overlay: panoptic if predicted, else instances, else semantic."""
     vis = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
@@ -232,7 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--config-file", help="config (optional with --onnx: class names)")
+    parser.add_argument("--onnx", help="run this exported model (.onnx or .ts) instead")
     parser.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", help="folder for overlays (a file for one image / the video)")
@@ -242,18 +286,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.input) == bool(args.video_input):
         parser.error("give exactly one of --input and --video-input")
+    if not args.config_file and not args.onnx:
+        parser.error("give --config-file (and MODEL.WEIGHTS) or --onnx")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    cfg = setup_cfg(args.config_file, args.opts)
-    problem = check_input_format(cfg)
-    if problem:
-        logger.warning(problem)
-    metadata = demo_metadata(cfg, args.dataset)
-    predictor = DemoPredictor(cfg)
+    predictor, metadata, model_name = build_predictor(args)
 
     if args.video_input:
         writer, frames = None, 0
@@ -292,9 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--panoptic-out needs dataset metadata with id maps: pass --dataset"
                 )
             if "panoptic_seg" not in outputs:
-                raise ValueError(
-                    f"{cfg.MODEL.META_ARCHITECTURE} predicts no panoptic_seg; drop --panoptic-out"
-                )
+                raise ValueError(f"{model_name} predicts no panoptic_seg; drop --panoptic-out")
             colors, record = panoptic_record(outputs, metadata, stem, stem + ".png")
             cv2.imwrite(os.path.join(args.panoptic_out, stem + ".png"), colors[:, :, ::-1])
             records.append(record)

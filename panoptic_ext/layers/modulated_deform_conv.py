@@ -34,8 +34,10 @@ class ModulatedDeformConvBlock(nn.Module):
             o1, o2, m = out.chunk(3, dim=1)
             # torchvision's CPU kernel indexes memory with non-finite offsets (segfault). Any
             # |offset| >= H + W samples outside the map, so clamping there changes nothing.
-            lim = float(x.shape[-2] + x.shape[-1])
-            offset = torch.cat([o1, o2], dim=1).nan_to_num(0.0, lim, -lim).clamp(-lim, lim)
+            # The bound stays a size expression (not a Python float) so that a traced/exported
+            # graph computes it for each input size.
+            lim = x.shape[-2] + x.shape[-1]
+            offset = torch.cat([o1, o2], dim=1).nan_to_num(0.0).clamp(-lim, lim)
             y = deform_conv2d(
                 x,
                 offset,

@@ -1,0 +1,27 @@
+"""Deployment: export every model family to ONNX / TorchScript and run it without the eager model.
+
+* :func:`export_model` traces the family's tensor-only network, checks the exported model against
+  the eager one on sample images at two sizes and only then writes it (``panoptic-ext-export``).
+* :class:`ExportedPredictor` runs the file (ONNX Runtime or TorchScript) and returns detectron2's
+  ``panoptic_seg`` / ``instances`` / ``sem_seg`` through the post-processing the eager model uses.
+"""
+
+from .compare import Comparison, Tolerance, compare_results
+from .exporter import ExportCheckError, ExportResult, export_model
+from .families import FAMILIES, family_of
+from .runtime import ExportedPredictor
+from .spec import ExportFormat, ExportSpec
+
+__all__ = [
+    "FAMILIES",
+    "Comparison",
+    "ExportCheckError",
+    "ExportFormat",
+    "ExportResult",
+    "ExportSpec",
+    "ExportedPredictor",
+    "Tolerance",
+    "compare_results",
+    "export_model",
+    "family_of",
+]

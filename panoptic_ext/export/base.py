@@ -1,0 +1,50 @@
+"""The contract every exportable family fulfils (one ``Family`` per meta-architecture kind).
+
+A family splits inference into a *network* (an ``nn.Module`` taking one (3, H, W) uint8 image in
+the model's colour order and returning only tensors, traced for ONNX / TorchScript) and a
+*post-processing* function of those tensors that produces detectron2's result dict. The eager
+model and the exported one share the post-processing code: the family reuses the functions the
+eager meta-architecture itself calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Family", "NetworkOutputs"]
+
+# Graph outputs by name, as torch tensors (on the runtime's device).
+NetworkOutputs = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one kind of meta-architecture is exported and post-processed.
+
+    Attributes:
+        name: short family name, for messages.
+        check: raises ValueError naming the config key when a model cannot be exported.
+        network: model -> tensor-only module; its ``forward(image)`` takes (3, H, W) uint8 and
+            returns a tuple ordered as ``output_names(model)``.
+        output_names: model -> names of the network outputs.
+        dynamic_axes: model -> {output name: {axis: symbolic name}} for the data-dependent sizes
+            (the input's H and W are always dynamic).
+        settings_type: dataclass of the post-processing settings (stored in the spec).
+        settings: model -> an instance of ``settings_type`` read from the built model.
+        postprocess: (outputs, settings, image_size (h, w) of the network input, output size
+            (height, width)) -> detectron2 result dict ("panoptic_seg" / "instances" / "sem_seg").
+    """
+
+    name: str
+    check: Callable[[nn.Module], None]
+    network: Callable[[nn.Module], nn.Module]
+    output_names: Callable[[nn.Module], tuple[str, ...]]
+    dynamic_axes: Callable[[nn.Module], dict[str, dict[int, str]]]
+    settings_type: type
+    settings: Callable[[nn.Module], Any]
+    postprocess: Callable[[NetworkOutputs, Any, tuple[int, int], tuple[int, int]], dict[str, Any]]

@@ -1,0 +1,199 @@
+"""Exported vs eager results: the same segments, categories and scores up to float rounding.
+
+Used by the exporter (it refuses to write a model that fails) and by the tests. Results are
+detectron2 dicts ("panoptic_seg", "instances", "sem_seg"); every check returns figures (worst
+agreement, largest difference) so a report shows how close the two are, not only pass/fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Comparison", "Tolerance", "compare_results", "worst_figures"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What float rounding may change between two runtimes.
+
+    Attributes:
+        pixel_agreement: least fraction of pixels on which maps must agree (panoptic ids,
+            semantic argmax, each instance mask over the whole image).
+        score_atol: largest difference of an instance / segment score.
+        value_rtol: largest difference of a ``sem_seg`` value, relative to the map's largest
+            magnitude (logits or probabilities).
+        box_atol: largest difference of a box coordinate, in pixels.
+    """
+
+    pixel_agreement: float = 0.999
+    score_atol: float = 1e-3
+    value_rtol: float = 1e-3
+    box_atol: float = 0.05
+
+
+@dataclass
+class Comparison:
+    """Problems found (empty = same results) and the figures behind them."""
+
+    problems: list[str] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a == b).float().mean()) if a.numel() else 1.0
+
+
+def _compare_sem_seg(exp: torch.Tensor, act: torch.Tensor, tol: Tolerance, out: Comparison):
+    if exp.shape != act.shape:
+        out.problems.append(f"sem_seg shape {tuple(act.shape)} != {tuple(exp.shape)}")
+        return
+    agree = _agreement(exp.argmax(0), act.argmax(0))
+    scale = max(1.0, float(exp.abs().max())) if exp.numel() else 1.0
+    rel = float((exp - act).abs().max()) / scale if exp.numel() else 0.0
+    out.figures.update(sem_seg_agreement=agree, sem_seg_max_rel_diff=rel)
+    if agree < tol.pixel_agreement:
+        out.problems.append(f"sem_seg argmax agrees on {agree:.4%} of pixels")
+    if rel > tol.value_rtol:
+        out.problems.append(f"sem_seg values differ by {rel:.2e} of their range")
+
+
+def match_instances(exp: Any, act: Any, tol: Tolerance) -> list[int]:
+    """For each expected instance, the index of its actual counterpart (-1: none).
+
+    Counterpart = same class, score within ``score_atol`` and box within ``box_atol`` (the
+    nearest such box, each actual instance used once). Matching by content, not by index: two
+    detections whose scores differ by less than float rounding may swap places.
+    """
+    dist = torch.cdist(
+        exp.pred_boxes.tensor.double(), act.pred_boxes.tensor.double(), p=float("inf")
+    )
+    valid = exp.pred_classes[:, None] == act.pred_classes[None, :]
+    valid &= (exp.scores[:, None] - act.scores[None, :]).abs() <= tol.score_atol
+    valid &= dist <= tol.box_atol
+    dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
+    match = []
+    for row in dist:
+        j = int(row.argmin()) if len(row) else -1
+        if j < 0 or not torch.isfinite(row[j]):
+            match.append(-1)
+            continue
+        match.append(j)
+        dist[:, j] = float("inf")  # used
+    return match
+
+
+def _compare_instances(exp: Any, act: Any, tol: Tolerance, out: Comparison):
+    out.figures["instances"] = float(len(exp))
+    if len(exp) != len(act):
+        out.problems.append(f"{len(act)} instances instead of {len(exp)}")
+        return
+    if not len(exp):
+        return
+    match = match_instances(exp, act, tol)
+    missing = [i for i, j in enumerate(match) if j < 0]
+    if missing:
+        out.problems.append(
+            f"{len(missing)} instance(s) without a counterpart of the same class, score and box "
+            f"(e.g. #{missing[0]}: class {int(exp.pred_classes[missing[0]])}, "
+            f"score {float(exp.scores[missing[0]]):.4f})"
+        )
+        return
+    act = act[torch.tensor(match)]
+    out.figures["instance_score_max_diff"] = float((exp.scores - act.scores).abs().max())
+    out.figures["box_max_diff"] = float((exp.pred_boxes.tensor - act.pred_boxes.tensor).abs().max())
+    if exp.has("pred_masks"):
+        agree = (exp.pred_masks == act.pred_masks).flatten(1).float().mean(1).min()
+        out.figures["mask_agreement_min"] = float(agree)
+        if agree < tol.pixel_agreement:
+            out.problems.append(f"an instance mask agrees on only {float(agree):.4%} of pixels")
+
+
+def _segments(info: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {int(s["id"]): s for s in info}
+
+
+def match_segments(exp_ids: torch.Tensor, act_ids: torch.Tensor) -> dict[int, int]:
+    """{actual id: expected id} for segments that are each other's largest overlap (0 = void)."""
+    exp, act = exp_ids.long().flatten(), act_ids.long().flatten()
+    n_act = int(act.max()) + 1 if act.numel() else 1
+    n_exp = int(exp.max()) + 1 if exp.numel() else 1
+    overlap = torch.bincount(exp * n_act + act, minlength=n_exp * n_act).view(n_exp, n_act)
+    best_act, best_exp = overlap.argmax(1), overlap.argmax(0)
+    return {
+        int(a): e
+        for e, a in enumerate(best_act.tolist())
+        if overlap[e, a] > 0 and int(best_exp[a]) == e
+    }
+
+
+def _compare_panoptic(exp: tuple, act: tuple, tol: Tolerance, out: Comparison):
+    """Segments matched by overlap (ids may be numbered differently), then compared."""
+    (exp_ids, exp_info), (act_ids, act_info) = exp, act
+    if exp_ids.shape != act_ids.shape:
+        out.problems.append(f"panoptic_seg shape {tuple(act_ids.shape)} != {tuple(exp_ids.shape)}")
+        return
+    to_exp = match_segments(exp_ids, act_ids)
+    lut = torch.full((int(act_ids.max()) + 1 if act_ids.numel() else 1,), -1, dtype=torch.long)
+    for a, e in to_exp.items():
+        lut[a] = e
+    agree = _agreement(exp_ids.long(), lut[act_ids.long()])
+    out.figures.update(panoptic_agreement=agree, segments=float(len(exp_info)))
+    if agree < tol.pixel_agreement:
+        out.problems.append(f"panoptic segments agree on {agree:.4%} of pixels")
+    exp_seg, act_seg = _segments(exp_info), _segments(act_info)
+    matched = {e: act_seg[a] for a, e in to_exp.items() if a in act_seg and e in exp_seg}
+    unmatched = sorted(set(exp_seg) - set(matched))
+    if unmatched or len(act_seg) != len(exp_seg):
+        out.problems.append(
+            f"{len(act_seg)} segments instead of {len(exp_seg)}; without counterpart: {unmatched}"
+        )
+    worst = 0.0
+    for sid, a in matched.items():
+        s = exp_seg[sid]
+        if (bool(s["isthing"]), s["category_id"]) != (bool(a["isthing"]), a["category_id"]):
+            out.problems.append(
+                f"segment {sid} is category {a['category_id']} not {s['category_id']}"
+            )
+        if "score" in s:
+            worst = max(worst, abs(float(s["score"]) - float(a.get("score", float("nan")))))
+    out.figures["segment_score_max_diff"] = worst
+    if not worst <= tol.score_atol:  # also catches NaN (a missing score)
+        out.problems.append(f"segment scores differ by {worst:.2e}")
+
+
+def compare_results(
+    expected: dict[str, Any], actual: dict[str, Any], tol: Tolerance | None = None
+) -> Comparison:
+    """Compare two detectron2 result dicts of one image (``expected`` = eager PyTorch)."""
+    tol = tol or Tolerance()
+    out = Comparison()
+    if set(expected) != set(actual):
+        out.problems.append(f"result keys {sorted(actual)} instead of {sorted(expected)}")
+    if "sem_seg" in expected and "sem_seg" in actual:
+        _compare_sem_seg(expected["sem_seg"].cpu(), actual["sem_seg"].cpu(), tol, out)
+    if "instances" in expected and "instances" in actual:
+        _compare_instances(expected["instances"].to("cpu"), actual["instances"].to("cpu"), tol, out)
+    if "panoptic_seg" in expected and "panoptic_seg" in actual:
+        exp_ids, exp_info = expected["panoptic_seg"]
+        act_ids, act_info = actual["panoptic_seg"]
+        _compare_panoptic((exp_ids.cpu(), exp_info), (act_ids.cpu(), act_info), tol, out)
+    return out
+
+
+def worst_figures(figures: list[dict[str, Any]]) -> dict[str, float]:
+    """The worst of each figure over several comparisons: least agreement, largest difference."""
+    worst: dict[str, float] = {}
+    for fig in figures:
+        for key, value in fig.items():
+            if "agreement" in key:
+                worst[key] = min(worst.get(key, 1.0), float(value))
+            elif "diff" in key:
+                worst[key] = max(worst.get(key, 0.0), float(value))
+    return worst
