@@ -20,8 +20,9 @@ from .modeling.roi_heads.panet import add_panet_config
 from .modeling.semantic_fpn import add_semantic_fpn_config
 from .solver.config import add_solver_config
 from .utils.determinism import add_determinism_config
+from .utils.yaml_config import merge_config_file
 
-__all__ = ["add_panoptic_ext_config", "build_cfg"]
+__all__ = ["add_panoptic_ext_config", "build_cfg", "check_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,26 @@ def add_panoptic_ext_config(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
+def check_overrides(opts: Sequence) -> None:
+    """Refuse overrides that are not ``KEY VALUE`` pairs, saying what is wrong.
+
+    argparse puts everything after the first override into ``opts``, so an option written after
+    the overrides (``... SOLVER.MAX_ITER 10 --resume``) arrives here instead of taking effect.
+    """
+    options = [str(o) for o in opts if str(o).startswith("--")]
+    if options:
+        raise ValueError(
+            f"command-line override: {options[0]!r} comes after the KEY VALUE overrides, where "
+            "it is read as a config key; put options such as --resume or --eval-only before "
+            f"the overrides (got {' '.join(map(str, opts))})"
+        )
+    if len(opts) % 2:
+        raise ValueError(
+            f"command-line override: {opts[-1]!r} has no value; overrides are KEY VALUE pairs "
+            f"(got {' '.join(map(str, opts))})"
+        )
+
+
 def build_cfg(
     config_file: str | None,
     opts: Sequence = (),
@@ -64,17 +85,25 @@ def build_cfg(
             "cpu" with a warning, so every config runs anywhere.
         freeze: return a frozen config (what the trainer expects).
 
+    The yaml chain is read as plain YAML only (:func:`~panoptic_ext.utils.yaml_config.
+    merge_config_file`): a file with a ``!!python/...`` tag is refused, never executed.
+
     Raises:
         KeyError: naming the unknown key and the file (or "command-line override") it came from.
+        UnsafeConfigError: a file of the chain holds a YAML tag (file, line and tag named).
+        ValueError: an unreadable file of the chain, or overrides that are not KEY VALUE pairs
+            (e.g. an option such as ``--resume`` written after them).
     """
     cfg = add_panoptic_ext_config(get_cfg())
     if config_file:
         try:
-            cfg.merge_from_file(config_file)
+            merge_config_file(cfg, config_file)
         except KeyError as e:  # detectron2 names the key; add the file it came from
             raise KeyError(f"{config_file} (or its _BASE_ chain): {e.args[0]}") from e
+    opts = list(opts)
+    check_overrides(opts)
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as e:  # yacs asserts on unknown override keys
         raise KeyError(f"command-line override: {e}") from e
     if device is not None:

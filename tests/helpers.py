@@ -8,11 +8,11 @@ from types import ModuleType
 
 import pytest
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-import panoptic_ext
+from panoptic_ext.config import build_cfg
 from panoptic_ext.data import PanopticDatasetMapper
 from panoptic_ext.data.datasets import register_synthetic_datasets
 from panoptic_ext.engine import Trainer
@@ -94,11 +94,7 @@ def config_path(name: str) -> str:
 
 def load_cfg(name: str, *opts) -> CfgNode:
     """A mutable cfg from a repo config (relative to configs/) with ``opts`` merged, on CPU."""
-    cfg = get_cfg()
-    panoptic_ext.add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(config_path(name))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return build_cfg(config_path(name), ["MODEL.DEVICE", "cpu", *opts], freeze=False)
 
 
 def register_tiny() -> None:

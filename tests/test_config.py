@@ -17,6 +17,7 @@ from helpers import CONFIGS, build_tiny_model, load_cfg, register_tiny
 
 import panoptic_ext
 from panoptic_ext.engine.checks import check_class_counts
+from panoptic_ext.utils.yaml_config import merge_config_file
 
 ALL_YAMLS = sorted(
     os.path.relpath(p, CONFIGS)
@@ -73,7 +74,7 @@ def test_unknown_config_key_is_named(tmp_path):
     bad.write_text(f'_BASE_: "{base}"\nMODEL:\n  SEM_SEG_HEAD:\n    NUM_CLASES: 4\n')
     cfg = panoptic_ext.add_panoptic_ext_config(get_cfg())
     with pytest.raises(KeyError, match="MODEL.SEM_SEG_HEAD.NUM_CLASES"):
-        cfg.merge_from_file(str(bad))
+        merge_config_file(cfg, str(bad))
 
 
 def test_class_count_mismatch_names_key_and_dataset():

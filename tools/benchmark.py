@@ -47,6 +47,7 @@ from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from panoptic_ext import add_panoptic_ext_config  # noqa: E402
+from panoptic_ext.utils.yaml_config import merge_config_file  # noqa: E402
 
 
 @dataclass
@@ -84,7 +85,7 @@ def build_cfg(spec: str, opts: list[str], device: str, keep_score_thresh: bool) 
         raise FileNotFoundError(f"config file not found: {path}")
     cfg = get_cfg()
     add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(path)
+    merge_config_file(cfg, path)
     cfg.merge_from_list(opts)
     for item in filter(None, local.split(",")):
         key, sep, value = item.partition("=")

@@ -82,6 +82,7 @@ from panoptic_ext.modeling.panoptic_fcn.official_keys import (  # noqa: E402
     convert_official_state_dict,
     ours_to_official,
 )
+from panoptic_ext.utils.yaml_config import merge_config_file  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs/COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
@@ -409,7 +410,7 @@ def official_config(
     cfg = get_cfg()
     official.add_panopticfcn_config(cfg)
     if official_file:
-        cfg.merge_from_file(official_file)
+        merge_config_file(cfg, official_file)
         file_cfg = CfgNode(cfg)  # values after the yaml, before ours are applied
         diff = [
             f"{theirs}: official {_plain(_get(file_cfg, theirs))} vs ours {_plain(_get(ours, k))}"

@@ -21,6 +21,7 @@ from detectron2.modeling import build_model
 
 from ..checkpoint.load_report import load_d2_state_dict, read_d2_checkpoint
 from ..config import build_cfg
+from ..utils.yaml_config import merge_config_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         source = args.weights
     else:
         src_cfg = get_cfg()
-        src_cfg.merge_from_file(model_zoo.get_config_file(args.source_config))
+        merge_config_file(src_cfg, model_zoo.get_config_file(args.source_config))
         src_cfg.MODEL.DEVICE = "cpu"
         state = build_model(src_cfg).state_dict()
         source = f"detectron2 {args.source_config} (random init)"

@@ -7,11 +7,12 @@ from detectron2.config import get_cfg
 from panoptic_ext import add_panoptic_ext_config
 from panoptic_ext.engine import Trainer
 from panoptic_ext.solver import WarmupPolyParamScheduler
+from panoptic_ext.utils.yaml_config import merge_config_file
 
 
 def _cfg(**solver):
     cfg = add_panoptic_ext_config(get_cfg())
-    cfg.merge_from_file("configs/COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
+    merge_config_file(cfg, "configs/COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
     for key, value in solver.items():
         cfg.SOLVER[key] = value
     return cfg

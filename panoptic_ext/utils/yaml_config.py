@@ -1,0 +1,125 @@
+"""Read yaml config files (and their ``_BASE_`` chains) without ever executing code from them.
+
+fvcore's ``CfgNode.load_yaml_with_base`` falls back to ``yaml.unsafe_load`` when a file holds a
+Python tag, and detectron2's ``merge_from_file`` enables that fallback by default: a config such
+as ``SEED: !!python/object/apply:os.system [...]`` then runs its payload (detectron2's own
+``Base-RetinaNet.yaml`` computes anchor sizes with ``!!python/object/apply:eval``). A downloaded
+config is as dangerous as a downloaded pickle, so every config panoptic_ext reads goes through
+:func:`merge_config_file`:
+
+1. the whole chain is first read with ``yaml.safe_load`` (plain YAML: mappings, lists, strings,
+   numbers, booleans, null) and checked, so that each problem names the file it is in: a tag is
+   refused with :class:`UnsafeConfigError` (file, line and tag), and an empty file, a file that is
+   not a mapping, a malformed ``_BASE_``, a missing base file or a cycle get a ``ValueError`` /
+   ``FileNotFoundError`` naming the file;
+2. then detectron2 merges it (its ``_BASE_`` semantics and version upgrades) with
+   ``allow_unsafe=False``, so fvcore cannot reach ``yaml.unsafe_load`` even for a file that changed
+   in between.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import yaml
+from detectron2.utils.file_io import PathManager
+from fvcore.common.config import BASE_KEY
+from fvcore.common.config import CfgNode as FvcoreCfgNode
+
+__all__ = ["UnsafeConfigError", "merge_config_file", "read_config_chain"]
+
+_TAG_PROBLEM = re.compile(r"constructor for the tag '([^']*)'")
+_YAML_TAG_PREFIX = "tag:yaml.org,2002:"
+
+
+class UnsafeConfigError(ValueError):
+    """A config file holds a YAML tag: plain YAML only, since tags can construct any object."""
+
+    def __init__(self, filename: str, tag: str, line: int | None = None):
+        self.filename, self.tag, self.line = filename, tag, line
+        where = f"{filename}, line {line}" if line is not None else filename
+        super().__init__(
+            f"Refusing config {where}: it holds the YAML tag '{tag}'. Config files are read "
+            "as plain YAML (yaml.safe_load) because tags such as !!python/object/apply can run "
+            "code; write the value out as a plain number, string or list instead."
+        )
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_YAML_TAG_PREFIX) :] if tag.startswith(_YAML_TAG_PREFIX) else tag
+
+
+def _safe_load(filename: str) -> dict[str, Any]:
+    """One file, plain YAML only; the result must be a mapping."""
+    try:
+        with PathManager.open(filename, "r") as f:  # as detectron2 opens it
+            loaded = yaml.safe_load(f)
+    except yaml.constructor.ConstructorError as e:
+        found = _TAG_PROBLEM.search(e.problem or "")
+        tag = _short_tag(found.group(1)) if found else "<unknown>"
+        line = e.problem_mark.line + 1 if e.problem_mark is not None else None
+        raise UnsafeConfigError(filename, tag, line) from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"config {filename} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config {filename} is not a text file: {e}") from None
+    if loaded is None:
+        raise ValueError(f"config {filename} is empty")
+    if not isinstance(loaded, dict):
+        raise ValueError(
+            f"config {filename} holds a {type(loaded).__name__}, not a mapping of KEY: value"
+        )
+    return loaded
+
+
+def _base_path(base: str, child: str) -> str:
+    """Where fvcore looks for ``base`` named in ``child`` (relative to ``child``'s folder)."""
+    if base.startswith("~"):
+        base = os.path.expanduser(base)
+    if not base.startswith(("/", "https://", "http://")):
+        base = os.path.join(os.path.dirname(child), base)
+    return base
+
+
+def read_config_chain(filename: str, _seen: tuple[str, ...] = ()) -> list[str]:
+    """Check ``filename`` and its ``_BASE_`` files with ``yaml.safe_load``; return the chain.
+
+    Returns:
+        every file of the chain, bases before the files that name them.
+    Raises:
+        UnsafeConfigError: a file holds a YAML tag (named with its line and the tag).
+        FileNotFoundError: the file or a base is missing (named with the file naming it).
+        ValueError: empty / non-mapping / invalid YAML, a ``_BASE_`` that is not a path or a list
+            of paths, or a cycle of bases.
+    """
+    key = os.path.normpath(filename) if "://" not in filename else filename
+    if key in _seen:
+        cycle = " -> ".join((*_seen, key))
+        raise ValueError(f"config {filename}: the _BASE_ chain loops ({cycle})")
+    if "://" not in filename and not os.path.isfile(filename):  # URLs: let the opener say
+        named_by = f" (the _BASE_ of {_seen[-1]})" if _seen else ""
+        raise FileNotFoundError(f"config file {filename} does not exist{named_by}")
+    loaded = _safe_load(filename)
+    bases = loaded.get(BASE_KEY, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ValueError(
+            f"config {filename}: {BASE_KEY} must be a path or a list of paths, got {bases!r}"
+        )
+    chain: list[str] = []
+    for base in bases:
+        chain += read_config_chain(_base_path(base, filename), (*_seen, key))
+    return [*chain, filename]
+
+
+def merge_config_file(cfg: FvcoreCfgNode, filename: str) -> None:
+    """Merge ``filename`` (with its ``_BASE_`` chain) into ``cfg``, never executing code.
+
+    ``cfg`` may be any fvcore / detectron2 ``CfgNode`` (ours, detectron2's model-zoo configs, the
+    official Panoptic FCN's). Errors as :func:`read_config_chain`; an unknown key raises
+    detectron2's ``KeyError``.
+    """
+    read_config_chain(filename)
+    cfg.merge_from_file(filename, allow_unsafe=False)

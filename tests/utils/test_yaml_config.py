@@ -1,0 +1,174 @@
+"""Configs never execute code: every yaml reader goes through the safe loader (a guard like the
+one for checkpoints), a tagged ``_BASE_`` chain is refused by every entry point, and broken
+files are named."""
+
+import os
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from helpers import REPO, config_path, load_script
+
+from panoptic_ext.config import build_cfg
+from panoptic_ext.model_zoo import list_configs
+from panoptic_ext.utils.yaml_config import UnsafeConfigError, read_config_chain
+
+QUICK = config_path("quick_schedules/panoptic_fpn_synthetic.yaml")
+ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+
+
+def tagged_chain(folder, marker, base=QUICK) -> tuple[str, str]:
+    """top.yaml -> middle.yaml (tagged: would create ``marker``) -> ``base``; returns (top, middle)."""
+    middle = os.path.join(folder, "middle.yaml")
+    with open(middle, "w") as f:
+        f.write(f"_BASE_: {base}\nSEED: !!python/object/apply:os.system ['touch {marker}']\n")
+    top = os.path.join(folder, "top.yaml")
+    with open(top, "w") as f:
+        f.write("_BASE_: middle.yaml\nSOLVER:\n  MAX_ITER: 1\n")
+    return top, middle
+
+
+def _refusal(middle: str) -> re.Pattern:
+    return re.compile(
+        re.escape(f"Refusing config {middle}, line 2")
+        + r".*'!!python/object/apply:os\.system'"
+    )
+
+
+def test_tagged_base_is_refused_in_process_and_runs_nothing(tmp_path):
+    marker = tmp_path / "PWNED"
+    top, middle = tagged_chain(str(tmp_path), marker)
+    with pytest.raises(UnsafeConfigError, match=_refusal(middle)) as err:
+        build_cfg(top, [])
+    assert (err.value.filename, err.value.tag, err.value.line) == (
+        middle,
+        "!!python/object/apply:os.system",
+        2,
+    )
+    assert not marker.exists()
+    # The official-comparison tool merges the official yaml into the official cfg the same way.
+    tool = load_script("tools/compare_panoptic_fcn_official.py")
+    stub = types.SimpleNamespace(add_panopticfcn_config=lambda cfg: None)
+    with pytest.raises(UnsafeConfigError, match=_refusal(middle)):
+        tool.official_config(stub, build_cfg(QUICK, []), top)
+    assert not marker.exists()
+
+
+def test_detectron2s_own_eval_tag_is_refused():
+    """detectron2's Base-RetinaNet.yaml computes anchor sizes with !!python/object/apply:eval."""
+    from detectron2 import model_zoo
+
+    retinanet = model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    with pytest.raises(UnsafeConfigError, match=r"Base-RetinaNet\.yaml, line 8.*apply:eval"):
+        build_cfg(retinanet, [])
+
+
+def test_every_shipped_config_is_plain_yaml():
+    for name in list_configs():
+        chain = read_config_chain(config_path(name))
+        assert chain[-1] == config_path(name) and len(chain) == len(set(chain)), name
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", r"empty\.yaml is empty"),
+        ("- a\n- b\n", r"empty\.yaml holds a list, not a mapping"),
+        ("SOLVER: [1, 2\n", r"(?s)empty\.yaml is not valid YAML.*line 1, column 9"),
+        ("_BASE_: 3\n", r"empty\.yaml: _BASE_ must be a path or a list of paths, got 3"),
+        ("_BASE_: nope.yaml\n", r"nope\.yaml does not exist \(the _BASE_ of .*empty\.yaml\)"),
+        ("_BASE_: empty.yaml\n", r"the _BASE_ chain loops \(.*empty\.yaml -> .*empty\.yaml\)"),
+        ("A: !custom 1\n", r"empty\.yaml, line 1: it holds the YAML tag '!custom'"),
+    ],
+)
+def test_broken_config_files_are_named(tmp_path, content, message):
+    path = tmp_path / "empty.yaml"
+    path.write_bytes(content.encode())
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        build_cfg(str(path), [])
+
+
+def test_overrides_that_are_not_pairs_get_a_hint():
+    with pytest.raises(ValueError, match=r"'--resume' comes after the KEY VALUE overrides"):
+        build_cfg(QUICK, ["SOLVER.MAX_ITER", "1", "--resume"])
+    with pytest.raises(ValueError, match=r"'SOLVER.MAX_ITER' has no value"):
+        build_cfg(QUICK, ["SOLVER.BASE_LR", "0.1", "SOLVER.MAX_ITER"])
+    assert build_cfg(QUICK, ["SOLVER.BASE_LR", "-0.1"]).SOLVER.BASE_LR == -0.1  # "-x" is a value
+
+
+def _python_sources() -> list[str]:
+    """Every .py file of the repository's code and tests, except the safe yaml module itself."""
+    safe = os.path.join(REPO, "panoptic_ext", "utils", "yaml_config.py")
+    found = [os.path.join(REPO, n) for n in os.listdir(REPO) if n.endswith(".py")]
+    for folder in ("panoptic_ext", "tools", "demo", "tests", "scripts"):
+        for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
+            found += [os.path.join(dirpath, n) for n in files if n.endswith(".py")]
+    return [p for p in found if p != safe]
+
+
+def test_no_code_path_reads_yaml_unsafely():
+    """yaml is read only through panoptic_ext.utils.yaml_config (a guard for new scripts)."""
+    unsafe = re.compile(
+        r"(?<![`'\"])(\.merge_from_file\(|load_yaml_with_base\(|allow_unsafe\s*=\s*True"
+        r"|\byaml\.(load|load_all|unsafe_load|unsafe_load_all|full_load|full_load_all)\(|"
+        r"\bLoader\s*=)"
+    )
+    me = os.path.abspath(__file__)
+    offenders = [
+        f"{os.path.relpath(path, REPO)}:{i}: {line.strip()}"
+        for path in _python_sources()
+        if os.path.abspath(path) != me
+        for i, line in enumerate(open(path, encoding="utf-8"), 1)
+        if unsafe.search(line)
+    ]
+    assert not offenders, "use panoptic_ext.utils.yaml_config.merge_config_file:\n" + "\n".join(
+        offenders
+    )
+
+
+def _entry_points(tmp: str, top: str) -> dict[str, list[str]]:
+    """Every script that reads a config, with arguments that get it as far as reading ``top``."""
+    tiny = os.path.join(tmp, "tiny.pth")
+    torch.save({"model": {}}, tiny)
+    image = os.path.join(tmp, "image.png")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    json_file = os.path.join(tmp, "empty.json")
+    with open(json_file, "w") as f:
+        f.write('{"images": [], "annotations": [], "categories": []}')
+    return {
+        "train_net.py": ["train_net.py", "--config-file", top, "OUTPUT_DIR", tmp + "/out"],
+        "demo/demo.py": ["demo/demo.py", "--config-file", top, "--input", image],
+        "tools/validate_dataset.py": ["tools/validate_dataset.py", "--json", json_file,
+                                      "--panoptic-root", tmp, "--config-file", top],
+        "tools/d2_checkpoint_report.py": ["tools/d2_checkpoint_report.py", "--config-file", top],
+        "tools/convert_panoptic_fcn_official.py": [
+            "tools/convert_panoptic_fcn_official.py", "--config-file", top, tiny, tmp + "/o.pth"],
+        "tools/benchmark.py": ["tools/benchmark.py", "--config-file", top, "--device", "cpu"],
+    }  # fmt: skip
+
+
+def test_every_entry_point_refuses_a_tagged_base_chain(tmp_path):
+    """Each script exits non-zero naming the tagged file and the tag; the payload never runs."""
+    marker = tmp_path / "PWNED"
+    top, middle = tagged_chain(str(tmp_path), marker)
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, args in _entry_points(str(tmp_path), top).items()
+    }
+    for name, proc in procs.items():
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode != 0, f"{name} exited 0:\n{out[-2000:]}"
+        assert _refusal(middle).search(out), f"{name}:\n{out[-2000:]}"
+    assert not marker.exists()
