@@ -4,14 +4,14 @@ import os
 import re
 import secrets
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 
-from .safe_load import UnsafeCheckpointError, load_checkpoint_file
+from .safe_load import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint_file
 
 __all__ = ["SafeCheckpointer", "atomic_write", "is_local_path"]
 
@@ -127,12 +127,36 @@ class SafeCheckpointer(DetectionCheckpointer):
         atomic_write(path, write, mode="w", path_manager=self.path_manager)
 
     # ----------------------------------------------------------------- loading
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        """``DetectionCheckpointer.load``; a local path that is no file is named with the reason
+        (fvcore would report a directory as "not found")."""
+        local = urlparse(path)._replace(query="").geturl() if path else path
+        if local and is_local_path(local) and not os.path.isfile(local.removeprefix("file://")):
+            why = (
+                "it is a directory, not a checkpoint file"
+                if os.path.isdir(local)
+                else "no such file"
+            )
+            raise UnreadableCheckpointError(local, why)
+        return super().load(path, checkpointables=checkpointables)
+
+    def get_checkpoint_file(self) -> str:
+        """The file ``last_checkpoint`` names; "" (with a warning) when the tag is unreadable."""
+        try:
+            return super().get_checkpoint_file()
+        except (UnicodeDecodeError, OSError) as e:
+            tag = os.path.join(self.save_dir, "last_checkpoint")
+            self.logger.warning(
+                f"Cannot read the tag {tag} ({type(e).__name__}: {e}); ignoring it."
+            )
+            return ""
+
     def _checkpoint_candidates(self) -> list[str]:
         """The tagged last checkpoint first, then the other ``.pth`` files, newest first."""
         last = self.get_checkpoint_file()
         others = [p for p in self.get_all_checkpoint_files() if p != last]
         others.sort(key=lambda p: (_mtime(p), p), reverse=True)
-        return [last] + others
+        return ([last] if last else []) + others
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         if not (resume and self.has_checkpoint()):

@@ -9,6 +9,12 @@
 Anything else is refused with :class:`UnsafeCheckpointError` naming the file and the offending
 global, unless the caller explicitly trusts the file (``CHECKPOINT.TRUST_PICKLE`` or the
 environment variable ``PANOPTIC_EXT_TRUST_CHECKPOINTS=1``); a pickle can run arbitrary code.
+
+Danger is told from damage: only a file that names a forbidden global is "unsafe". A file that
+cannot be a checkpoint -- missing, a directory, empty, an HTML page or a Git LFS pointer saved
+under the checkpoint's name, a truncated or corrupted archive (zip checksums are verified, so a
+flipped bit is caught instead of loading wrong weights) or a pickle that does not parse -- raises
+:class:`UnreadableCheckpointError` "cannot read <file>: <why>", which resuming skips.
 """
 
 import importlib
@@ -16,11 +22,18 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from typing import Any
 
 import torch
 
-__all__ = ["TRUST_ENV_VAR", "UnsafeCheckpointError", "load_checkpoint_file", "trust_from_env"]
+__all__ = [
+    "TRUST_ENV_VAR",
+    "UnreadableCheckpointError",
+    "UnsafeCheckpointError",
+    "load_checkpoint_file",
+    "trust_from_env",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +85,71 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
         super().__init__(msg)
 
 
+class UnreadableCheckpointError(OSError):
+    """A file that is not a readable checkpoint (damaged, not a checkpoint, or absent)."""
+
+    def __init__(self, filename: str, why: str):
+        self.path, self.why = filename, why  # not "filename": OSError would reformat str()
+        super().__init__(f"cannot read {filename}: {why}")
+
+
+_SNIFF_BYTES = 512
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _zip_damage(filename: str, size: int) -> str | None:
+    """Why a zip checkpoint (torch.save's format) is damaged, or None when it is intact."""
+    try:
+        with zipfile.ZipFile(filename) as archive:
+            # torch.save stores a CRC-32 per record (unless checksums were switched off: all 0).
+            bad = archive.testzip() if any(i.CRC for i in archive.infolist()) else None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        return f"the archive is truncated or corrupted ({e}; {size} bytes)"
+    if bad is not None:
+        return f"the archive is corrupted: the checksum of its record '{bad}' does not match"
+    return None
+
+
+def _why_not_a_checkpoint(filename: str) -> str | None:
+    """A reason ``filename`` cannot hold a checkpoint, found without unpickling anything."""
+    if os.path.isdir(filename):
+        return "it is a directory, not a checkpoint file"
+    if not os.path.exists(filename):
+        return "no such file"
+    size = os.path.getsize(filename)
+    if size == 0:
+        return "the file is empty (0 bytes): an interrupted save, copy or download?"
+    with open(filename, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if head.startswith(b"version https://git-lfs"):
+        return (
+            f"it is a Git LFS pointer ({size} bytes), not the checkpoint itself: fetch the file "
+            "with `git lfs pull` (or download it directly)"
+        )
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        return (
+            f"it is an HTML/XML page ({size} bytes), not a checkpoint: the download saved a web "
+            "page (an error, login or redirect page) instead of the file"
+        )
+    if head.startswith(_ZIP_MAGIC):
+        return _zip_damage(filename, size)
+    return None
+
+
+def _check_readable(filename: str) -> None:
+    why = _why_not_a_checkpoint(filename)
+    if why is not None:
+        raise UnreadableCheckpointError(filename, why)
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an exception (torch's weights_only errors bury it mid-text)."""
+    text = str(e)
+    found = re.search(r"WeightsUnpickler error: (.*)", text)
+    lines = [found.group(1).strip()] if found else text.strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines and lines[0] else type(e).__name__
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` whose ``find_class`` admits only :data:`_SAFE_PICKLE_GLOBALS`."""
 
@@ -109,17 +187,36 @@ def _numpy_safe_globals() -> list[Any]:
     return found
 
 
+# torch's weights_only refusal of a global reads "... Unsupported global: GLOBAL posix.system
+# was not an allowed global by default ..." or "... but got <class 'x.Y'>".
+_FORBIDDEN_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
+
+
 def _safe_torch_load(filename: str) -> Any:
     try:
         # torch's allow-list (tensors, containers, scalars) plus numpy arrays and dtypes.
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message reads "... Unsupported global: GLOBAL posix.system was not an allowed
-        # global by default ..."; surface the global's name in our own message.
-        found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(e))
-        offending = (found.group(1) or found.group(2)) if found else "<unknown>"
-        raise UnsafeCheckpointError(filename, offending) from e
+        found = _FORBIDDEN_GLOBAL.search(str(e))
+        if found is None:  # no forbidden global named: the pickle stream itself is broken
+            why = f"not a valid checkpoint ({_first_line(e)})"
+            raise UnreadableCheckpointError(filename, why) from e
+        raise UnsafeCheckpointError(filename, found.group(1) or found.group(2)) from e
+    except (RuntimeError, EOFError, ValueError, KeyError, OSError) as e:
+        why = f"not a valid checkpoint ({_first_line(e)})"
+        raise UnreadableCheckpointError(filename, why) from e
+
+
+def _restricted_pickle_load(filename: str) -> Any:
+    with open(filename, "rb") as f:
+        try:
+            return _RestrictedUnpickler(f, filename).load()
+        except UnsafeCheckpointError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
+            why = f"not a readable pickle, truncated or corrupted? ({_first_line(e)})"
+            raise UnreadableCheckpointError(filename, why) from None
 
 
 def load_checkpoint_file(filename: str, trust: bool = False) -> Any:
@@ -136,16 +233,19 @@ def load_checkpoint_file(filename: str, trust: bool = False) -> Any:
 
     Raises:
         UnsafeCheckpointError: the file references a global outside the allow-list.
-        FileNotFoundError, EOFError, RuntimeError, pickle.UnpicklingError: unreadable file.
+        UnreadableCheckpointError: the file is missing, a directory, empty, an HTML page, a Git
+            LFS pointer, a truncated / corrupted archive or a broken pickle ("cannot read
+            <file>: <why>").
     """
+    _check_readable(filename)
     trust = trust or trust_from_env()
     if trust:
         logger.warning(f"Loading '{filename}' with full pickle: the file is trusted explicitly.")
     if filename.endswith(".pkl"):
-        with open(filename, "rb") as f:
-            if trust:
+        if trust:
+            with open(filename, "rb") as f:
                 return pickle.load(f, encoding="latin1")
-            return _RestrictedUnpickler(f, filename).load()
+        return _restricted_pickle_load(filename)
     if trust:
         return torch.load(filename, map_location="cpu", weights_only=False)
     return _safe_torch_load(filename)

@@ -21,7 +21,7 @@ ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
 
 
 def tagged_chain(folder, marker, base=QUICK) -> tuple[str, str]:
-    """top.yaml -> middle.yaml (tagged: would create ``marker``) -> ``base``; returns (top, middle)."""
+    """top.yaml -> middle.yaml (tagged: would create ``marker``) -> ``base``: (top, middle)."""
     middle = os.path.join(folder, "middle.yaml")
     with open(middle, "w") as f:
         f.write(f"_BASE_: {base}\nSEED: !!python/object/apply:os.system ['touch {marker}']\n")
@@ -33,8 +33,7 @@ def tagged_chain(folder, marker, base=QUICK) -> tuple[str, str]:
 
 def _refusal(middle: str) -> re.Pattern:
     return re.compile(
-        re.escape(f"Refusing config {middle}, line 2")
-        + r".*'!!python/object/apply:os\.system'"
+        re.escape(f"Refusing config {middle}, line 2") + r".*'!!python/object/apply:os\.system'"
     )
 
 
