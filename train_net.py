@@ -11,11 +11,9 @@
 The installed package offers the same as ``panoptic-ext-train``.
 """
 
-from detectron2.engine import default_argument_parser
+import sys
 
-from panoptic_ext.engine.launch import launch_main
+from panoptic_ext.cli.train import main
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    launch_main(args)
+    sys.exit(main())

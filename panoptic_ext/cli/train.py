@@ -9,9 +9,12 @@
     srun --ntasks-per-node 8 python -m panoptic_ext.cli.train --config-file CFG
 
 ``CFG`` is a yaml path; :func:`panoptic_ext.model_zoo.get_config_file` gives the path of a
-config shipped in the package.
+config shipped in the package. One run per ``OUTPUT_DIR``: a folder in use by another run is
+refused, and so is one holding an earlier run's checkpoints unless ``--resume`` (continue it) or
+``--overwrite-output`` (start a new run there) is given.
 """
 
+import argparse
 import sys
 
 from detectron2.engine import default_argument_parser
@@ -19,8 +22,21 @@ from detectron2.engine import default_argument_parser
 from ..engine.launch import launch_main
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` plus ``--overwrite-output``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite-output",
+        action="store_true",
+        help="start a new training in an OUTPUT_DIR that holds an earlier run's checkpoints "
+        "(they are replaced as this run saves); without it such a folder is refused unless "
+        "--resume",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = default_argument_parser().parse_args(argv)
+    args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     launch_main(args)
     return 0

@@ -10,6 +10,7 @@ from ..config import build_cfg
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
 from ..utils.determinism import enable_deterministic_mode
 from .distributed import external_launch_from_env, run_external_worker
+from .output_dir import claim_output_dir_all_ranks, release_output_dir
 from .trainer import Trainer
 
 __all__ = ["launch_main", "main", "register_config_datasets", "setup_cfg"]
@@ -39,12 +40,21 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
 
     Unknown keys raise a ``KeyError`` naming the key and the yaml file (or the override). Without
     CUDA, ``MODEL.DEVICE`` falls back to "cpu" (with a warning) so every config runs anywhere.
+    ``OUTPUT_DIR`` is claimed for this run before anything is written to it
+    (:mod:`panoptic_ext.engine.output_dir`: lock; another run's checkpoints are refused unless
+    ``args.resume`` or ``args.overwrite_output``).
     """
     cfg = build_cfg(args.config_file, args.opts)
     register_config_datasets(cfg)
     synthetic = cfg.DATASETS.SYNTHETIC
     register_synthetic_datasets(
         synthetic.IMAGE_SIZE, synthetic.NUM_TRAIN, synthetic.NUM_VAL, synthetic.SEED
+    )
+    claim_output_dir_all_ranks(
+        cfg.OUTPUT_DIR,
+        training=not getattr(args, "eval_only", False),
+        resume=getattr(args, "resume", False),
+        overwrite=getattr(args, "overwrite_output", False),
     )
     default_setup(cfg, args)
     enable_deterministic_mode(cfg)  # no-op unless cfg.DETERMINISTIC
@@ -54,13 +64,17 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
 def main(args: argparse.Namespace):
     """Train (or with ``--eval-only`` evaluate) the model described by ``args``."""
     cfg = setup_cfg(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            checkpointer = Trainer.build_checkpointer(cfg, model)
+            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            return Trainer.test(cfg, model)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
+    finally:
+        release_output_dir(cfg.OUTPUT_DIR)
 
 
 def launch_main(args: argparse.Namespace) -> None:

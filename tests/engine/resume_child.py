@@ -9,8 +9,9 @@ checkpoint) and then blocks, so the parent can kill it at a known point.
 import sys
 import time
 
-from detectron2.engine import HookBase, default_argument_parser
+from detectron2.engine import HookBase
 
+from panoptic_ext.cli.train import argument_parser
 from panoptic_ext.engine import Trainer, setup_cfg
 
 
@@ -32,7 +33,7 @@ def main() -> None:
         i = argv.index("--pause-after")
         pause = _PauseAfter(int(argv[i + 1]), argv[i + 2])
         del argv[i : i + 3]
-    args = default_argument_parser().parse_args(argv)
+    args = argument_parser().parse_args(argv)
     cfg = setup_cfg(args)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
