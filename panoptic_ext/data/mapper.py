@@ -16,6 +16,7 @@ from PIL import Image
 from ..structures.boxes import masks_to_boxes
 from ..structures.panoptic_ids import rgb_to_id
 from ..structures.sem_seg_format import SemSegFormat
+from .image_io import UnsupportedImageError, read_image
 from .panoptic_targets import (
     SEM_SEG_FORMATS,
     category_labels,
@@ -116,7 +117,9 @@ class PanopticDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)
         path = dataset_dict["file_name"]
         try:
-            image = utils.read_image(path, format=self.image_format)
+            image = read_image(path, format=self.image_format)  # refuses 16-bit, float, CMYK
+        except UnsupportedImageError:
+            raise
         except (OSError, ValueError, SyntaxError) as e:
             raise OSError(f"cannot read image {path}: {e}") from e
         utils.check_image_size(dataset_dict, image)

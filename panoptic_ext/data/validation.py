@@ -2,23 +2,33 @@
 
 :func:`validate_panoptic_dataset` returns every problem it finds, each with the file and the id
 involved, instead of stopping at the first one; ``tools/validate_dataset.py`` prints them and
-exits non-zero on errors. Problem codes (``Problem.code``):
+exits non-zero on errors. The JSON-level problems are those the loader refuses the dataset for
+(:mod:`panoptic_ext.data.json_checks`, the same code); images are checked as the mapper reads
+them (size after EXIF orientation, pixel format). Problem codes (``Problem.code``):
 
 ========================  =======  ===================================================
 code                      level    meaning
 ========================  =======  ===================================================
 json_unreadable           error    the JSON cannot be read / lacks a top-level key
+missing_key               error    an entry lacks a required key (``file_name``, ...)
+bad_type                  error    a value of the wrong type (``"isthing": "0"``, ...)
 no_categories             error    ``categories`` is empty
 duplicate_category_id     error    two categories share an ``id``
 missing_isthing           error    a category has no ``isthing`` (or not 0/1)
 reserved_category_id      error    category id 0 (void / detectron2's merged things)
 duplicate_image_id        error    two ``images`` entries share an ``id``
+duplicate_image_file      error    two ``images`` entries share a ``file_name``
 unknown_image_id          error    an annotation names an image id not in ``images``
 duplicate_annotation      error    two annotations for the same image
+duplicate_png             error    two annotations share a PNG ``file_name``
+mismatched_png            error    an annotation's PNG is named after another image
 no_annotation             warning  an image has no annotation
+empty_dataset             error    no image has an annotation
 missing_image             error    image file does not exist
 unreadable_image          error    image file cannot be decoded
-size_mismatch             error    image / PNG size differs from ``images`` height/width
+unsupported_image         error    pixel format not 8-bit RGB/gray/palette (16-bit...)
+size_mismatch             error    image (after EXIF orientation) / PNG size differs
+                                   from ``images`` height/width
 missing_png               error    panoptic PNG does not exist
 unreadable_png            error    panoptic PNG cannot be decoded
 duplicate_segment_id      error    ``segments_info`` repeats an id
@@ -42,7 +52,6 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,52 +59,19 @@ from PIL import Image
 
 from ..structures.boxes import segment_boxes
 from ..utils.meta_arch import DatasetClasses, class_counts_for, mismatched_class_counts
+from .image_io import SUPPORTED_MODES, oriented_size
+from .json_checks import ERROR, WARNING, Problem, category_problems, panoptic_json_problems
 from .metadata import metadata_from_categories
 from .panoptic_io import index_map, read_panoptic_png
 
 __all__ = [
+    "ERROR",
+    "WARNING",
     "Problem",
     "category_problems",
     "check_config_class_counts",
     "validate_panoptic_dataset",
 ]
-
-ERROR, WARNING = "error", "warning"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding: ``level`` "error" | "warning", a ``code`` from the module table, the file
-    and the id (image / segment / category) it concerns, and a readable message."""
-
-    level: str
-    code: str
-    file: str
-    id: Any
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.level.upper()} [{self.code}] {self.file} (id {self.id}): {self.message}"
-
-
-def category_problems(categories: Sequence[dict], json_file: str) -> list[Problem]:
-    """Problems of a ``categories`` table: empty, repeated ids, missing ``isthing``, id 0."""
-    if not categories:
-        return [Problem(ERROR, "no_categories", json_file, None, "the JSON has no categories")]
-    problems = []
-    counts = Counter(c.get("id") for c in categories)
-    for cat_id, n in counts.items():
-        if n > 1:
-            msg = f"category id appears {n} times"
-            problems.append(Problem(ERROR, "duplicate_category_id", json_file, cat_id, msg))
-    for c in categories:
-        if c.get("isthing") not in (0, 1, True, False):
-            msg = f"category {c.get('name')!r} has isthing={c.get('isthing')!r}; need 0 or 1"
-            problems.append(Problem(ERROR, "missing_isthing", json_file, c.get("id"), msg))
-        if c.get("id") == 0:
-            msg = "category id 0 is reserved (void, and detectron2's merged things class)"
-            problems.append(Problem(ERROR, "reserved_category_id", json_file, 0, msg))
-    return problems
 
 
 def _check_image(path: str, height: int | None, width: int | None, image_id: Any) -> list[Problem]:
@@ -103,37 +79,31 @@ def _check_image(path: str, height: int | None, width: int | None, image_id: Any
         return [Problem(ERROR, "missing_image", path, image_id, "image file does not exist")]
     try:
         with Image.open(path) as img:
-            size = img.size
             img.verify()  # decodes the stream structure without keeping pixels
+        with Image.open(path) as img:  # verify() leaves the image unusable
+            mode, size = img.mode, oriented_size(img)  # the size the mapper sees
     except Exception as e:  # PIL raises many types for corrupt files
         return [Problem(ERROR, "unreadable_image", path, image_id, f"cannot decode: {e}")]
+    if mode not in SUPPORTED_MODES:
+        msg = f"pixel format {mode} is not 8-bit RGB, RGBA, gray or palette (the loader refuses it)"
+        return [Problem(ERROR, "unsupported_image", path, image_id, msg)]
     if height is not None and width is not None and size != (width, height):
-        msg = f"image is {size[0]}x{size[1]}, JSON says {width}x{height}"
+        msg = f"image is {size[0]}x{size[1]} (after EXIF orientation), JSON says {width}x{height}"
         return [Problem(ERROR, "size_mismatch", path, image_id, msg)]
     return []
 
 
-def _check_annotation(
-    ann: dict, png: str, categories: set[int], size: tuple[int, int] | None
-) -> list[Problem]:
-    """Check one annotation against its PNG (``size`` = (height, width) from ``images``)."""
+def _check_annotation(ann: dict, png: str, size: tuple[int, int] | None) -> list[Problem]:
+    """Check one annotation against its PNG (``size`` = (height, width) from ``images``).
+
+    Segment ids and categories are checked with the JSON (``json_checks``), with this PNG named.
+    """
     problems = []
-    segments = ann.get("segments_info", [])
-    seg_ids = [int(s.get("id", 0)) for s in segments]
+    segments = ann["segments_info"]
+    seg_ids = [s["id"] for s in segments]
     duplicated = {sid for sid, n in Counter(seg_ids).items() if n > 1}
-    for sid, n in Counter(seg_ids).items():
-        if n > 1:
-            msg = f"segment id appears {n} times in segments_info"
-            problems.append(Problem(ERROR, "duplicate_segment_id", png, sid, msg))
     crowd_cats = Counter()
     for s in segments:
-        sid = s.get("id", 0)
-        if sid == 0:
-            msg = "segment id 0 is void in the PNG encoding"
-            problems.append(Problem(ERROR, "void_segment_id", png, sid, msg))
-        if s.get("category_id") not in categories:
-            msg = f"category_id {s.get('category_id')} is not in categories"
-            problems.append(Problem(ERROR, "unknown_category", png, sid, msg))
         if s.get("iscrowd", 0) == 1:
             crowd_cats[s.get("category_id")] += 1
     for cat, n in crowd_cats.items():
@@ -199,36 +169,22 @@ def validate_panoptic_dataset(
         the problems, errors and warnings, in file order.
     """
     try:
-        with open(panoptic_json) as f:
+        with open(panoptic_json, encoding="utf-8") as f:
             data = json.load(f)
-        images, annotations, categories = data["images"], data["annotations"], data["categories"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
         return [Problem(ERROR, "json_unreadable", panoptic_json, None, f"{type(e).__name__}: {e}")]
-    problems = category_problems(categories, panoptic_json)
-    category_ids = {c.get("id") for c in categories}
-
+    problems = panoptic_json_problems(data, panoptic_json, panoptic_root, geometry=True)
+    if any(p.code == "json_unreadable" for p in problems):
+        return problems
     image_by_id: dict[Any, dict] = {}
-    for img in images:
-        if img.get("id") in image_by_id:
-            msg = f"image id repeated ({img.get('file_name')})"
-            problems.append(Problem(ERROR, "duplicate_image_id", panoptic_json, img.get("id"), msg))
-        image_by_id[img.get("id")] = img
-    annotated: Counter = Counter(a.get("image_id") for a in annotations)
-    for image_id, n in annotated.items():
-        if image_id not in image_by_id:
-            msg = "annotation names an image id that is not in 'images'"
-            problems.append(Problem(ERROR, "unknown_image_id", panoptic_json, image_id, msg))
-        if n > 1:
-            msg = f"{n} annotations for one image"
-            problems.append(Problem(ERROR, "duplicate_annotation", panoptic_json, image_id, msg))
-    for image_id, img in image_by_id.items():
-        if image_id not in annotated:
-            msg = f"image {img.get('file_name')} has no annotation"
-            problems.append(Problem(WARNING, "no_annotation", panoptic_json, image_id, msg))
+    for img in data["images"]:
+        if _well_formed_image(img):
+            image_by_id.setdefault(img["id"], img)
+    annotations = [a for a in data["annotations"] if _well_formed_annotation(a)]
 
     def check(ann: dict) -> list[Problem]:
-        img = image_by_id.get(ann.get("image_id"), {})
-        size = (img["height"], img["width"]) if "height" in img and "width" in img else None
+        img = image_by_id.get(ann["image_id"], {})
+        size = (img["height"], img["width"]) if img else None
         found = []
         if check_images and (image_root is not None or image_files) and img:
             if image_files and img.get("id") in image_files:
@@ -236,8 +192,8 @@ def validate_panoptic_dataset(
             else:
                 path = os.path.join(image_root or "", img["file_name"])
             found += _check_image(path, img.get("height"), img.get("width"), img.get("id"))
-        png = os.path.join(panoptic_root, ann.get("file_name", ""))
-        return found + _check_annotation(ann, png, category_ids, size)
+        png = os.path.join(panoptic_root, ann["file_name"])
+        return found + _check_annotation(ann, png, size)
 
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
@@ -247,6 +203,34 @@ def validate_panoptic_dataset(
     for found in per_annotation:
         problems += found
     return problems
+
+
+def _well_formed_image(img: Any) -> bool:
+    """Fields the file checks need have the right types (else json_checks reported them)."""
+    return (
+        isinstance(img, dict)
+        and type(img.get("id")) in (int, str)
+        and isinstance(img.get("file_name"), str)
+        and all(type(img.get(k)) is int for k in ("height", "width"))
+    )
+
+
+def _well_formed_segment(seg: Any) -> bool:
+    if not isinstance(seg, dict) or type(seg.get("id")) is not int:
+        return False
+    area, bbox = seg.get("area", 0), seg.get("bbox", [0, 0, 0, 0])
+    numbers = isinstance(bbox, list) and len(bbox) == 4
+    return type(area) in (int, float) and numbers and all(type(v) in (int, float) for v in bbox)
+
+
+def _well_formed_annotation(ann: Any) -> bool:
+    if not isinstance(ann, dict) or not isinstance(ann.get("segments_info"), list):
+        return False
+    return (
+        type(ann.get("image_id")) in (int, str)
+        and isinstance(ann.get("file_name"), str)
+        and all(_well_formed_segment(s) for s in ann["segments_info"])
+    )
 
 
 def check_config_class_counts(cfg: Any, categories: Sequence[dict]) -> list[Problem]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from detectron2.data import DatasetCatalog
 
+from ..json_checks import check_categories, read_panoptic_json
 from ..metadata import metadata_from_categories
 from .lazy_metadata import set_lazy_metadata
 
@@ -44,11 +45,11 @@ def load_panoptic_json(
     Each dict has ``file_name``, ``image_id``, ``height``, ``width``, ``pan_seg_file_name`` and
     ``segments_info`` (dataset category ids, as in the file; the mapper maps them), plus
     ``sem_seg_file_name`` when ``sem_seg_root`` (derived things-as-one PNGs) is given.
+
+    The JSON is checked first (:func:`~panoptic_ext.data.json_checks.read_panoptic_json`:
+    required keys, types, repeated ids / files, each image paired with its own PNG, not empty).
     """
-    if not os.path.isfile(panoptic_json):
-        raise FileNotFoundError(f"panoptic json not found: {panoptic_json}")
-    with open(panoptic_json) as f:
-        data = json.load(f)
+    data = read_panoptic_json(panoptic_json, panoptic_root)  # raises DatasetJsonError
     images = {img["id"]: img for img in data["images"]}
     records = []
     for ann in data["annotations"]:
@@ -170,6 +171,7 @@ def register_panoptic_dataset(
     def derive() -> dict[str, Any]:
         check()
         cats = categories if categories is not None else read_categories(panoptic_json)
+        check_categories(cats, panoptic_json)  # e.g. "isthing": "0" would make a stuff a thing
         return {"categories": cats, **metadata_from_categories(cats, source=panoptic_json)}
 
     if name in DatasetCatalog.list():
