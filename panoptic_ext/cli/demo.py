@@ -22,12 +22,10 @@ file carries its preprocessing, post-processing settings and test-set name).
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cv2
@@ -43,14 +41,29 @@ from PIL import Image
 from ..config import build_cfg
 from ..data import PanopticDatasetMapper
 from ..data.datasets import register_synthetic_datasets
+from ..data.image_io import UnreadableImageError, UnsupportedImageError, read_image
 from ..engine import Trainer
 from ..export import ExportedPredictor
 from ..structures.boxes import segment_boxes
 from ..structures.panoptic_ids import id_to_rgb
+from ..utils.meta_arch import META_ARCHITECTURES, ModelOutput
+from .demo_inputs import IMAGE_EXTENSIONS, DemoInput, DemoResults, expand_inputs, plan_inputs
+
+__all__ = [
+    "DemoPredictor",
+    "ExportedDemoPredictor",
+    "build_predictor",
+    "expand_inputs",
+    "main",
+    "panoptic_record",
+    "plan_inputs",
+    "visualize",
+]
 
 logger = logging.getLogger("panoptic_ext.demo")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# An image that cannot be read is skipped (named in the log), the others still run.
+_UNREADABLE = (UnreadableImageError, UnsupportedImageError)
 # ImageNet means differ by ~20 between the R and B channels; a smaller gap says nothing.
 _MEAN_ORDER_MARGIN = 5.0
 
@@ -106,31 +119,6 @@ def demo_metadata(cfg: CfgNode, dataset: str | None = None) -> Any:
     return MetadataCatalog.get(names[0] if names else "__unused")
 
 
-def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths, in order.
-
-    Raises:
-        FileNotFoundError: naming a pattern that matches nothing.
-    """
-    paths: list[str] = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = sorted(
-                os.path.join(pattern, f)
-                for f in os.listdir(pattern)
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif os.path.isfile(pattern):
-            found = [pattern]
-        else:
-            found = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not found:
-            hint = " (config KEY VALUE overrides go after --output)" if pattern.isupper() else ""
-            raise FileNotFoundError(f"--input {pattern!r} matches no image{hint}")
-        paths += found
-    return paths
-
-
 class DemoPredictor:
     """Model + the evaluation path's preprocessing, for one image at a time.
 
@@ -154,8 +142,13 @@ class DemoPredictor:
         return self.model([inputs])[0]
 
     def __call__(self, path: str) -> tuple[np.ndarray, dict[str, Any]]:
-        """Returns the image as RGB uint8 (H, W, 3) and the model's output dict."""
-        rgb = utils.read_image(path, format="RGB")
+        """Returns the image as RGB uint8 (H, W, 3) and the model's output dict.
+
+        Raises:
+            UnsupportedImageError: 16-bit, float, CMYK, ... images; UnreadableImageError: files
+            that are not images, truncated, missing.
+        """
+        rgb = read_image(path, format="RGB")
         h, w = rgb.shape[:2]
         inputs = self.mapper(
             {"file_name": path, "image_id": os.path.basename(path), "height": h, "width": w}
@@ -186,7 +179,7 @@ class ExportedDemoPredictor:
         self.spec = self.predictor.spec
 
     def __call__(self, path: str) -> tuple[np.ndarray, dict[str, Any]]:
-        rgb = utils.read_image(path, format="RGB")
+        rgb = read_image(path, format="RGB")  # refuses 16-bit, float, CMYK as the eager path
         image = rgb if self.spec.input_format == "RGB" else rgb[:, :, ::-1]
         tensor = self.predictor.preprocess(np.ascontiguousarray(image))
         return rgb, self.predictor.run_tensor(tensor, *rgb.shape[:2])
@@ -195,8 +188,14 @@ class ExportedDemoPredictor:
         return np.ascontiguousarray(bgr[:, :, ::-1]), self.predictor(bgr)
 
 
-def build_predictor(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    """The predictor, the class metadata and the model's name, from the command line."""
+def build_predictor(
+    args: argparse.Namespace, check: Callable[[Any, str], None] = lambda metadata, name: None
+) -> tuple[Any, Any, str]:
+    """The predictor, the class metadata and the model's name, from the command line.
+
+    ``check(metadata, model_name)`` runs before the eager model is built (an exported model
+    is loaded first: its file names the dataset and the meta-architecture).
+    """
     if args.onnx:
         predictor = ExportedDemoPredictor(args.onnx)
         if args.config_file:
@@ -205,12 +204,16 @@ def build_predictor(args: argparse.Namespace) -> tuple[Any, Any, str]:
             cfg = build_cfg(None, args.opts)
             register_synthetic_datasets()  # class names of the synthetic quick schedules
         dataset = args.dataset or predictor.spec.dataset or None
-        return predictor, demo_metadata(cfg, dataset), predictor.spec.meta_architecture
+        metadata = demo_metadata(cfg, dataset)
+        check(metadata, predictor.spec.meta_architecture)
+        return predictor, metadata, predictor.spec.meta_architecture
     cfg = setup_cfg(args.config_file, args.opts)
     problem = check_input_format(cfg)
     if problem:
         logger.warning(problem)
-    return DemoPredictor(cfg), demo_metadata(cfg, args.dataset), cfg.MODEL.META_ARCHITECTURE
+    metadata = demo_metadata(cfg, args.dataset)
+    check(metadata, cfg.MODEL.META_ARCHITECTURE)
+    return DemoPredictor(cfg), metadata, cfg.MODEL.META_ARCHITECTURE
 
 
 def visualize(rgb: np.ndarray, outputs: dict[str, Any], metadata: Any) -> np.ndarray:
@@ -291,57 +294,91 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    predictor, metadata, model_name = build_predictor(args)
+def _check_outputs(args: argparse.Namespace, meta_architecture: str, metadata: Any) -> None:
+    """What ``--panoptic-out`` needs, checked before the model is built."""
+    if not args.panoptic_out:
+        return
+    info = META_ARCHITECTURES.get(meta_architecture)  # unknown models: found out when run
+    if info is not None and ModelOutput.PANOPTIC not in info.outputs:
+        raise ValueError(f"{meta_architecture} predicts no panoptic_seg; drop --panoptic-out")
+    if metadata.get("thing_dataset_id_to_contiguous_id") is None:
+        raise ValueError("--panoptic-out needs dataset metadata with id maps: pass --dataset")
 
-    if args.video_input:
-        writer, frames = None, 0
-        for frame in _video_frames(args.video_input):
-            frames += 1
-            rgb, outputs = predictor.on_frame(frame)
-            overlay = visualize(rgb, outputs, metadata)[:, :, ::-1]
-            if args.output:
-                if writer is None:
-                    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                    h, w = overlay.shape[:2]
-                    writer = cv2.VideoWriter(args.output, fourcc, 15.0, (w, h))
-                writer.write(np.ascontiguousarray(overlay))
-        if writer is not None:
-            writer.release()
-        logger.info(f"{args.video_input}: {frames} frames")
-        return 0
 
-    paths = expand_inputs(args.input)
-    records = []
+def _run_video(args: argparse.Namespace, predictor: DemoPredictor, metadata: Any) -> int:
+    writer, frames = None, 0
+    for frame in _video_frames(args.video_input):
+        frames += 1
+        rgb, outputs = predictor.on_frame(frame)
+        overlay = visualize(rgb, outputs, metadata)[:, :, ::-1]
+        if args.output:
+            if writer is None:
+                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                h, w = overlay.shape[:2]
+                writer = cv2.VideoWriter(args.output, fourcc, 15.0, (w, h))
+            writer.write(np.ascontiguousarray(overlay))
+    if writer is not None:
+        writer.release()
+    logger.info(f"{args.video_input}: {frames} frames")
+    return 0
+
+
+def _write_image_outputs(
+    args: argparse.Namespace, item: DemoInput, single: bool, rgb, outputs, metadata
+) -> dict[str, Any] | None:
+    """Overlay and COCO-panoptic PNG of one image; returns its record (``--panoptic-out``)."""
+    if args.output:
+        target = args.output if single else os.path.join(args.output, item.name + ".png")
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        cv2.imwrite(target, visualize(rgb, outputs, metadata)[:, :, ::-1])
+    if not args.panoptic_out:
+        return None
+    colors, record = panoptic_record(outputs, metadata, item.name, item.name + ".png")
+    cv2.imwrite(os.path.join(args.panoptic_out, item.name + ".png"), colors[:, :, ::-1])
+    record["input_file"] = item.path  # which input each PNG belongs to
+    return record
+
+
+def _run_images(
+    args: argparse.Namespace, inputs: list[DemoInput], predictor: DemoPredictor, metadata: Any
+) -> int:
+    """Every input in turn; an unreadable one is skipped. ``predictions.json`` is written for
+    the images that worked even if a later one fails; exit status 1 if any was skipped."""
+    results = DemoResults()
+    single = len(inputs) == 1 and os.path.splitext(args.output or "")[1].lower() in IMAGE_EXTENSIONS
     if args.panoptic_out:
         os.makedirs(args.panoptic_out, exist_ok=True)
-    for path in paths:
-        rgb, outputs = predictor(path)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if args.output:
-            single = (
-                len(paths) == 1 and os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS
-            )
-            target = args.output if single else os.path.join(args.output, stem + ".png")
-            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-            cv2.imwrite(target, visualize(rgb, outputs, metadata)[:, :, ::-1])
+    try:
+        for item in inputs:
+            try:
+                rgb, outputs = predictor(item.path)
+            except _UNREADABLE as e:
+                results.skip(item.path, e)
+                continue
+            record = _write_image_outputs(args, item, single, rgb, outputs, metadata)
+            if record is not None:
+                results.records.append(record)
+            logger.info(f"{item.path}: {', '.join(sorted(outputs))}")
+    finally:
         if args.panoptic_out:
-            if metadata.get("thing_dataset_id_to_contiguous_id") is None:
-                raise ValueError(
-                    "--panoptic-out needs dataset metadata with id maps: pass --dataset"
-                )
-            if "panoptic_seg" not in outputs:
-                raise ValueError(f"{model_name} predicts no panoptic_seg; drop --panoptic-out")
-            colors, record = panoptic_record(outputs, metadata, stem, stem + ".png")
-            cv2.imwrite(os.path.join(args.panoptic_out, stem + ".png"), colors[:, :, ::-1])
-            records.append(record)
-        logger.info(f"{path}: {', '.join(sorted(outputs))}")
-    if args.panoptic_out:
-        with open(os.path.join(args.panoptic_out, "predictions.json"), "w") as f:
-            json.dump({"annotations": records, "categories": metadata.get("categories", [])}, f)
-    return 0
+            results.write_predictions(args.panoptic_out, metadata.get("categories", []))
+    return results.exit_status(len(inputs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; 1 when an input image was skipped (named in the log), else 0."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    # Everything a user gave is checked before the (slow) model is built.
+    inputs = plan_inputs(args.input) if args.input else []
+    if args.video_input and not os.path.isfile(args.video_input):
+        raise FileNotFoundError(f"--video-input {args.video_input!r} does not exist")
+    predictor, metadata, _ = build_predictor(
+        args, check=lambda metadata, name: _check_outputs(args, name, metadata)
+    )
+    if args.video_input:
+        return _run_video(args, predictor, metadata)
+    return _run_images(args, inputs, predictor, metadata)
 
 
 if __name__ == "__main__":

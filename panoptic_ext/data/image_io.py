@@ -22,10 +22,11 @@ from __future__ import annotations
 import numpy as np
 from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from detectron2.utils.file_io import PathManager
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "SUPPORTED_MODES",
+    "UnreadableImageError",
     "UnsupportedImageError",
     "check_pixel_format",
     "oriented_size",
@@ -60,6 +61,20 @@ class UnsupportedImageError(ValueError):
             f"(it would be read as a wrong image); {fix}"
         )
 
+    def __reduce__(self):  # picklable across data-loader workers
+        return type(self), (self.path, self.mode)
+
+
+class UnreadableImageError(OSError):
+    """A file that cannot be decoded as an image (missing, truncated, not an image)."""
+
+    def __init__(self, path: str, why: str):
+        self.path, self.why = path, why  # not "filename": OSError would reformat str()
+        super().__init__(f"cannot read image {path}: {why}")
+
+    def __reduce__(self):  # picklable across data-loader workers
+        return type(self), (self.path, self.why)
+
 
 def check_pixel_format(image: Image.Image, path: str) -> None:
     """Raise :class:`UnsupportedImageError` unless ``image.mode`` is in :data:`SUPPORTED_MODES`."""
@@ -73,13 +88,18 @@ def read_image(path: str, format: str | None = None) -> np.ndarray:
     Returns:
         (H, W, C) uint8 in ``format`` ("RGB", "BGR", "L", ...), EXIF orientation applied.
     Raises:
-        UnsupportedImageError: naming the file and its format; ``OSError`` and PIL's errors for
-        files that are not images.
+        UnsupportedImageError: naming the file and its format.
+        UnreadableImageError: naming the file (missing, not an image, truncated, ...).
     """
-    with PathManager.open(path, "rb") as f:
-        image = Image.open(f)
-        check_pixel_format(image, path)
-        return convert_PIL_to_numpy(_apply_exif_orientation(image), format)
+    try:
+        with PathManager.open(path, "rb") as f:
+            image = Image.open(f)
+            check_pixel_format(image, path)
+            return convert_PIL_to_numpy(_apply_exif_orientation(image), format)
+    except UnidentifiedImageError:
+        raise UnreadableImageError(path, "not an image file that PIL can decode") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, bomb, ...
+        raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
 
 
 def oriented_size(image: Image.Image) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from PIL import Image
 from ..structures.boxes import masks_to_boxes
 from ..structures.panoptic_ids import rgb_to_id
 from ..structures.sem_seg_format import SemSegFormat
-from .image_io import UnsupportedImageError, read_image
+from .image_io import UnreadableImageError, UnsupportedImageError, read_image
 from .panoptic_targets import (
     SEM_SEG_FORMATS,
     category_labels,
@@ -118,7 +118,7 @@ class PanopticDatasetMapper:
         path = dataset_dict["file_name"]
         try:
             image = read_image(path, format=self.image_format)  # refuses 16-bit, float, CMYK
-        except UnsupportedImageError:
+        except (UnsupportedImageError, UnreadableImageError):
             raise
         except (OSError, ValueError, SyntaxError) as e:
             raise OSError(f"cannot read image {path}: {e}") from e
