@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", help="official checkpoint (.pth)")
     parser.add_argument("output", help="converted checkpoint to write (.pth)")
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="config of the variant")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    # "*" + intermixed parsing: --config-file may come after the two paths, as documented
+    # (REMAINDER would swallow it as an override).
+    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    args = parser.parse_intermixed_args(argv)
 
     official = official_model_state(args.input)
     converted, report = convert_official_state_dict(

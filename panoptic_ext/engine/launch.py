@@ -5,10 +5,12 @@ import logging
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup, launch
+from detectron2.utils import comm
 
 from ..config import build_cfg
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
 from ..utils.determinism import enable_deterministic_mode
+from .config_checks import check_config_values
 from .distributed import external_launch_from_env, run_external_worker
 from .output_dir import claim_output_dir_all_ranks, release_output_dir
 from .trainer import Trainer
@@ -45,6 +47,8 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     ``args.resume`` or ``args.overwrite_output``).
     """
     cfg = build_cfg(args.config_file, args.opts)
+    training = not getattr(args, "eval_only", False)
+    check_config_values(cfg, training=training, world_size=comm.get_world_size())
     register_config_datasets(cfg)
     synthetic = cfg.DATASETS.SYNTHETIC
     register_synthetic_datasets(
@@ -52,7 +56,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     )
     claim_output_dir_all_ranks(
         cfg.OUTPUT_DIR,
-        training=not getattr(args, "eval_only", False),
+        training=training,
         resume=getattr(args, "resume", False),
         overwrite=getattr(args, "overwrite_output", False),
     )

@@ -6,7 +6,11 @@ import weakref
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
@@ -19,6 +23,7 @@ from ..data import PanopticDatasetMapper
 from ..data.train_loader import CheckedMapper, build_resumable_train_loader
 from ..solver import build_lr_scheduler
 from .checks import check_class_counts
+from .config_checks import check_stuff_area_limit
 from .evaluator_table import build_evaluators
 from .hooks import ExactResumeHook, NanGuardHook
 
@@ -106,8 +111,15 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """detectron2's test loader, after checking the stuff area limit against the images."""
+        mapper = PanopticDatasetMapper(cfg, is_train=False)
+        if cfg.MODEL.LOAD_PROPOSALS:  # detectron2 pairs the proposal files itself
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        # The dicts detectron2's loader would read; read once and used for both.
+        records = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+        check_stuff_area_limit(cfg, records, dataset_name)
         return build_detection_test_loader(
-            cfg, dataset_name, mapper=PanopticDatasetMapper(cfg, is_train=False)
+            records, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
         )
 
     @classmethod

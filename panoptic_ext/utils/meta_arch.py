@@ -82,6 +82,8 @@ class MetaArchInfo:
     class_count_rules: tuple[ClassCountRule, ...] = ()
     # Instances always carry masks; otherwise they do when MODEL.MASK_ON.
     always_masks: bool = False
+    # Key of the smallest stuff area (pixels of the output) kept in the panoptic output.
+    stuff_area_limit_key: str | None = None
 
     def instance_masks(self, cfg: CfgNode) -> bool:
         """Whether the model's ``instances`` have ``pred_masks`` under ``cfg``."""
@@ -92,9 +94,18 @@ _ALL_OUTPUTS = frozenset(ModelOutput)
 
 META_ARCHITECTURES: dict[str, MetaArchInfo] = {
     "GeneralizedRCNN": MetaArchInfo(frozenset({ModelOutput.INSTANCE}), (roi_heads_counts,)),
-    "PanopticFPN": MetaArchInfo(_ALL_OUTPUTS, (roi_heads_counts, sem_seg_head_counts)),
+    "PanopticFPN": MetaArchInfo(
+        _ALL_OUTPUTS,
+        (roi_heads_counts, sem_seg_head_counts),
+        stuff_area_limit_key="MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
+    ),
     "SemanticSegmentor": MetaArchInfo(frozenset({ModelOutput.SEM_SEG}), (sem_seg_head_counts,)),
-    "PanopticFCN": MetaArchInfo(_ALL_OUTPUTS, (panoptic_fcn_counts,), always_masks=True),
+    "PanopticFCN": MetaArchInfo(
+        _ALL_OUTPUTS,
+        (panoptic_fcn_counts,),
+        always_masks=True,
+        stuff_area_limit_key="MODEL.PANOPTIC_FCN.INFERENCE.COMBINE.STUFF_AREA_LIMIT",
+    ),
 }
 # Models not in the table: every output may be there, no class-count check, masks per MASK_ON.
 _UNKNOWN = MetaArchInfo(_ALL_OUTPUTS)
