@@ -92,6 +92,9 @@ class UnreadableCheckpointError(OSError):
         self.path, self.why = filename, why  # not "filename": OSError would reformat str()
         super().__init__(f"cannot read {filename}: {why}")
 
+    def __reduce__(self):  # picklable across processes
+        return type(self), (self.path, self.why)
+
 
 _SNIFF_BYTES = 512
 _ZIP_MAGIC = b"PK\x03\x04"

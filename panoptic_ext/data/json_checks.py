@@ -79,6 +79,9 @@ class DatasetJsonError(ValueError):
             "(panoptic-ext-validate-dataset lists every problem, PNGs and images included)"
         )
 
+    def __reduce__(self):  # picklable across data-loader workers
+        return type(self), (self.json_file, self.problems)
+
 
 class _Findings:
     """Collects problems of one JSON; ``where`` names the entry in each message."""

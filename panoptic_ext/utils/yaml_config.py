@@ -46,6 +46,9 @@ class UnsafeConfigError(ValueError):
             "code; write the value out as a plain number, string or list instead."
         )
 
+    def __reduce__(self):  # picklable across processes
+        return type(self), (self.filename, self.tag, self.line)
+
 
 def _short_tag(tag: str) -> str:
     return "!!" + tag[len(_YAML_TAG_PREFIX) :] if tag.startswith(_YAML_TAG_PREFIX) else tag
