@@ -3,11 +3,12 @@ report of which keys a detectron2 checkpoint initialises. See the README's "Reli
 
 from .checkpointer import SafeCheckpointer, atomic_write
 from .load_report import LoadReport, load_d2_state_dict, read_d2_checkpoint
-from .safe_load import UnsafeCheckpointError, load_checkpoint_file
+from .safe_load import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint_file
 
 __all__ = [
     "LoadReport",
     "SafeCheckpointer",
+    "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "atomic_write",
     "load_checkpoint_file",
