@@ -10,8 +10,9 @@ export PYTHON
 setup:
 	bash scripts/setup_env.sh
 
+# A second `make demo` trains afresh in the same OUTPUT_DIR instead of refusing to reuse it.
 demo: setup
-	$(PYTHON) train_net.py --config-file configs/quick_schedules/panoptic_fpn_synthetic.yaml
+	$(PYTHON) train_net.py --config-file configs/quick_schedules/panoptic_fpn_synthetic.yaml --overwrite-output
 
 test: setup test-only
 
