@@ -29,6 +29,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from detectron2.data import MetadataCatalog
+
 from .register import load_panoptic_json, register_panoptic_dataset
 
 __all__ = ["BUILTIN_PANOPTIC_SPLITS", "BuiltinSplit", "register_builtin_panoptic_datasets"]
@@ -83,12 +85,15 @@ def _splits() -> dict[str, BuiltinSplit]:
 BUILTIN_PANOPTIC_SPLITS: dict[str, BuiltinSplit] = _splits()
 
 
-def _city_loader(panoptic_json: str, image_root: str, panoptic_root: str, sem_seg_root: str | None):
+def _city_loader(
+    name: str, panoptic_json: str, image_root: str, panoptic_root: str, sem_seg_root: str | None
+):
     """Cityscapes keeps images in per-city folders: ``frankfurt_000000_000294_leftImg8bit.png``
     lives in ``<image_root>/frankfurt/``."""
 
     def load() -> list[dict[str, Any]]:
-        records = load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root)
+        meta = MetadataCatalog.get(name)
+        records = load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root, meta)
         for r in records:
             base = os.path.basename(r["file_name"])
             r["file_name"] = os.path.join(image_root, base.split("_")[0], base)
@@ -135,7 +140,7 @@ def register_builtin_panoptic_datasets(root: str | None = None) -> list[str]:
         instances_json = instances_json if os.path.isfile(instances_json) else None
         loader = None
         if split.city_folders:
-            loader = _city_loader(panoptic_json, image_root, panoptic_root, sem_seg_root)
+            loader = _city_loader(name, panoptic_json, image_root, panoptic_root, sem_seg_root)
         required = {
             "panoptic json": panoptic_json,
             "panoptic PNG folder": panoptic_root,
