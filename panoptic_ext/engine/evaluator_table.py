@@ -14,13 +14,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
-    COCOEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
 
-from ..evaluation import build_panoptic_evaluator
+from ..evaluation import build_coco_evaluator, build_panoptic_evaluator
 from ..structures.sem_seg_format import SemSegFormat
 from ..utils.meta_arch import ModelOutput, meta_arch_info
 
@@ -41,7 +40,7 @@ def _instance(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
         logger.info("'%s' has no instances json_file: skipping COCO box/mask AP", name)
         return None
     tasks = ("bbox", "segm") if meta_arch_info(cfg).instance_masks(cfg) else ("bbox",)
-    return COCOEvaluator(name, tasks=tasks, output_dir=out)
+    return build_coco_evaluator(cfg, name, tasks, out)  # TEST.COCO_EVAL_IMPL
 
 
 def _sem_seg(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
