@@ -16,10 +16,9 @@ from detectron2.evaluation import (
     CityscapesSemSegEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
-    SemSegEvaluator,
 )
 
-from ..evaluation import build_coco_evaluator, build_panoptic_evaluator
+from ..evaluation import build_coco_evaluator, build_panoptic_evaluator, build_sem_seg_evaluator
 from ..structures.sem_seg_format import SemSegFormat
 from ..utils.meta_arch import ModelOutput, meta_arch_info
 
@@ -50,7 +49,7 @@ def _sem_seg(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
         if not meta.get("sem_seg_root") or cfg.INPUT.SEM_SEG_FORMAT != SemSegFormat.THINGS_AS_ONE:
             logger.info("'%s': no things-as-one semantic PNGs for this model: skipping mIoU", name)
             return None
-    return SemSegEvaluator(name, distributed=True, output_dir=out)
+    return build_sem_seg_evaluator(cfg, name, out)  # TEST.SEM_SEG_EVALUATOR
 
 
 _PANOPTIC, _INSTANCE, _SEM_SEG = (o.value for o in ModelOutput)

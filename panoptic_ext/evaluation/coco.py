@@ -5,9 +5,11 @@ accumulation done by ``faster_coco_eval.COCOeval_faster`` instead of pycocotools
 Why: on 300 images x 50 detections faster-coco-eval computed the same stats (differences below
 1e-16) 6.4x faster for boxes and 2.2x for masks than ``COCOeval_opt``; AP had become the slowest
 evaluator of a panoptic run (``tools/benchmark_eval.py`` measures the whole evaluation phase).
-Everything else is detectron2's: prediction encoding (``process``), gathering, the results file,
-the result keys and the per-category AP table (``_derive_coco_results``). Settings this path
-does not cover (keypoints, a ``max_dets_per_image`` other than 100) go to detectron2's code.
+Predicted masks are RLE-encoded by :func:`.rle.encode_masks` (byte-identical RLEs, 3-4x less
+time than detectron2's per-mask copy + encode). Everything else is detectron2's:
+``instances_to_coco_json`` for boxes, scores and classes, gathering, the results file, the result
+keys and the per-category AP table (``_derive_coco_results``). Settings this path does not cover
+(keypoints, non-bool masks, a ``max_dets_per_image`` other than 100) go to detectron2's code.
 
 ``TEST.COCO_EVAL_IMPL`` picks the implementation (:func:`build_coco_evaluator`).
 """
@@ -24,9 +26,15 @@ import os
 from enum import Enum
 from typing import Any
 
+import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import Instances
 from detectron2.utils.file_io import PathManager
+
+from .rle import encode_masks
 
 __all__ = [
     "CocoEvalImpl",
@@ -65,6 +73,18 @@ class FastCOCOEvaluator(COCOEvaluator):
             )
         super().__init__(dataset_name, *args, **kwargs)
         self._faster_gt = None  # faster_coco_eval.COCO of the ground truth, built on first use
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        """As detectron2's, with the masks encoded by :func:`.rle.encode_masks`."""
+        for inp, output in zip(inputs, outputs):
+            prediction = {"image_id": inp["image_id"]}
+            if "instances" in output:
+                instances = output["instances"].to(self._cpu_device)
+                prediction["instances"] = _instances_to_coco_json(instances, inp["image_id"])
+            if "proposals" in output:
+                prediction["proposals"] = output["proposals"].to(self._cpu_device)
+            if len(prediction) > 1:
+                self._predictions.append(prediction)
 
     def _eval_predictions(self, predictions: list[dict], img_ids: list[int] | None = None):
         coco_results = list(itertools.chain(*[x["instances"] for x in predictions]))
@@ -107,9 +127,11 @@ class FastCOCOEvaluator(COCOEvaluator):
         if self._faster_gt is None:
             with contextlib.redirect_stdout(io.StringIO()):
                 self._faster_gt = COCO(self._coco_api.dataset, print_function=logger.debug)
-        # Copies: loadRes adds keys. Mask AP uses mask areas: without "bbox" (as detectron2).
-        drop = {"bbox"} if task == "segm" else set()
-        results = [{k: v for k, v in r.items() if k not in drop} for r in coco_results]
+        results = coco_results  # loadRes adds keys in place, as in detectron2
+        if task == "segm":  # mask AP uses mask areas: copies without "bbox" (as detectron2)
+            results = [dict(r) for r in coco_results]
+            for r in results:
+                r.pop("bbox", None)
         coco_dt = self._faster_gt.loadRes(results)
         coco_eval = COCOeval_faster(self._faster_gt, coco_dt, task, print_function=logger.debug)
         coco_eval.params.maxDets = list(self._max_dets_per_image)
@@ -119,6 +141,20 @@ class FastCOCOEvaluator(COCOEvaluator):
         coco_eval.accumulate()
         coco_eval.summarize()
         return coco_eval
+
+
+def _instances_to_coco_json(instances: Instances, img_id: int) -> list[dict[str, Any]]:
+    """detectron2's ``instances_to_coco_json``, bool masks encoded by :func:`rle.encode_masks`."""
+    fields = instances.get_fields()
+    masks = fields.get("pred_masks")
+    if masks is None or masks.dtype != torch.bool or "pred_keypoints" in fields:
+        return instances_to_coco_json(instances, img_id)
+    rest = Instances(instances.image_size, **{k: v for k, v in fields.items() if k != "pred_masks"})
+    results = instances_to_coco_json(rest, img_id)
+    for result, rle in zip(results, encode_masks(masks.numpy().view(np.uint8))):
+        rle["counts"] = rle["counts"].decode("utf-8")
+        result["segmentation"] = rle
+    return results
 
 
 def build_coco_evaluator(
