@@ -18,7 +18,12 @@ from detectron2.evaluation import (
     DatasetEvaluators,
 )
 
-from ..evaluation import build_coco_evaluator, build_panoptic_evaluator, build_sem_seg_evaluator
+from ..evaluation import (
+    PanopticSemSegEvaluator,
+    build_coco_evaluator,
+    build_panoptic_evaluator,
+    build_sem_seg_evaluator,
+)
 from ..structures.sem_seg_format import SemSegFormat
 from ..utils.meta_arch import ModelOutput, meta_arch_info
 
@@ -44,9 +49,15 @@ def _instance(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
 
 def _sem_seg(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
     meta = MetadataCatalog.get(name)
+    fmt = cfg.INPUT.SEM_SEG_FORMAT
     if meta.get("evaluator_type") == "coco_panoptic_seg":
-        # Derived PNGs hold things-as-one labels; other formats have no ground truth on disk.
-        if not meta.get("sem_seg_root") or cfg.INPUT.SEM_SEG_FORMAT != SemSegFormat.THINGS_AS_ONE:
+        if fmt == SemSegFormat.NONE:
+            logger.info("'%s': INPUT.SEM_SEG_FORMAT none: skipping mIoU", name)
+            return None
+        if cfg.TEST.SEM_SEG_EVALUATOR == "fast":  # labels from the panoptic PNGs, either format
+            return PanopticSemSegEvaluator(name, fmt, distributed=True, output_dir=out)
+        # detectron2's evaluator reads derived things-as-one PNGs.
+        if not meta.get("sem_seg_root") or fmt != SemSegFormat.THINGS_AS_ONE:
             logger.info("'%s': no things-as-one semantic PNGs for this model: skipping mIoU", name)
             return None
     return build_sem_seg_evaluator(cfg, name, out)  # TEST.SEM_SEG_EVALUATOR

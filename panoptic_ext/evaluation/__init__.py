@@ -5,13 +5,14 @@ from .coco import FastCOCOEvaluator, build_coco_evaluator
 from .config import add_evaluation_config
 from .evaluator import PANOPTIC_EVALUATORS, FastPanopticEvaluator, build_panoptic_evaluator
 from .fast_pq import PQCategories, PQStats, image_pq_stats, pq_average, pq_compute_fast
-from .sem_seg import FastSemSegEvaluator, build_sem_seg_evaluator
+from .sem_seg import FastSemSegEvaluator, PanopticSemSegEvaluator, build_sem_seg_evaluator
 
 __all__ = [
     "add_evaluation_config",
     "build_coco_evaluator",
     "FastCOCOEvaluator",
     "FastSemSegEvaluator",
+    "PanopticSemSegEvaluator",
     "build_sem_seg_evaluator",
     "FastPanopticEvaluator",
     "build_panoptic_evaluator",

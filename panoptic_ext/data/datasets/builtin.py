@@ -1,4 +1,4 @@
-"""Builtin COCO, Cityscapes and ADE20K panoptic datasets, registered with
+"""Builtin COCO, Cityscapes, ADE20K and Mapillary Vistas panoptic datasets, registered with
 :func:`register_panoptic_dataset` when the package is imported, without reading anything: the
 JSON is read the first time a dataset is used, and a dataset whose files are missing then raises
 a ``FileNotFoundError`` naming the files it expected (layouts: ``datasets/README.md``).
@@ -14,7 +14,9 @@ Names and files (relative to ``$DETECTRON2_DATASETS``, default ``./datasets``):
   ``cityscapes/gtFine/cityscapes_panoptic_{train,val}/`` and ``.json`` (made by cityscapesscripts'
   ``createPanopticImgs``);
 * ``ade20k_panoptic_{train,val}_ext``: ``ADEChallengeData2016/images/{training,validation}/``,
-  ``ADEChallengeData2016/ade20k_panoptic_{train,val}/`` and ``.json``.
+  ``ADEChallengeData2016/ade20k_panoptic_{train,val}/`` and ``.json``;
+* ``mapillary_vistas_panoptic_{train,val}_ext``: ``mapillary_vistas/{training,validation}/images/``,
+  ``mapillary_vistas/{training,validation}/panoptic/`` (PNGs and ``panoptic_2018.json``).
 
 Optional derived files add evaluators: a things-as-one semantic folder (``sem_seg_root``,
 mIoU) and an instances JSON (``json_file``, box/mask AP) when they exist at registration;
@@ -78,6 +80,14 @@ def _splits() -> dict[str, BuiltinSplit]:
             f"{ade}/ade20k_panoptic_{split}.json",
             f"{ade}/ade20k_panoptic_{split}_stuff",
             f"{ade}/ade20k_panoptic_{split}_instances.json",
+        )
+        vistas = f"mapillary_vistas/{folder}"  # the v1.2 panoptic release (65 classes)
+        splits[f"mapillary_vistas_panoptic_{split}_ext"] = BuiltinSplit(
+            f"{vistas}/images",
+            f"{vistas}/panoptic",
+            f"{vistas}/panoptic/panoptic_2018.json",
+            f"{vistas}/panoptic_stuff",
+            f"{vistas}/panoptic_instances.json",
         )
     return splits
 
