@@ -51,9 +51,9 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from panoptic_ext.config import build_cfg  # noqa: E402
 from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
-from panoptic_ext.data.mapper import masks_to_boxes  # noqa: E402
 from panoptic_ext.data.panoptic_io import read_panoptic_png  # noqa: E402
-from panoptic_ext.engine.evaluators import build_evaluators  # noqa: E402
+from panoptic_ext.engine.evaluator_table import build_evaluators  # noqa: E402
+from panoptic_ext.structures.boxes import masks_to_boxes  # noqa: E402
 
 DATASET = "synthetic_panoptic_val"
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",

@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(script):
         print(f"no such detectron2 script: {script}", file=sys.stderr)
         return 2
-    import panoptic_ext  # noqa: F401  (registers our datasets and models)
-
+    # Importing this module imported panoptic_ext: our datasets and models are registered.
     saved_argv = sys.argv
     sys.argv = [script, *args]
     try:

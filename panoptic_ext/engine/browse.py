@@ -37,7 +37,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from ..data import PanopticDatasetMapper
 from ..data.panoptic_io import read_panoptic_png
-from ..data.panoptic_targets import ALL_CLASSES
+from ..structures.sem_seg_format import SemSegFormat
 
 __all__ = ["DatasetBrowser", "Panel", "contact_sheet", "panel_row"]
 
@@ -99,7 +99,9 @@ class DatasetBrowser:
 
     def _semantic(self, image: np.ndarray, mapped: dict[str, Any]) -> np.ndarray:
         meta = self.metadata
-        if self.mapper.sem_seg_format == ALL_CLASSES:  # things 0..T-1, then stuff T..T+S-1
+        if (
+            self.mapper.sem_seg_format == SemSegFormat.ALL_CLASSES
+        ):  # things 0..T-1, then stuff T..T+S-1
             meta = Metadata(
                 stuff_classes=list(meta.thing_classes) + list(meta.stuff_classes[1:]),
                 stuff_colors=list(meta.thing_colors) + list(meta.stuff_colors[1:]),

@@ -34,7 +34,8 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from ..data.panoptic_io import index_map, read_panoptic_rows
-from ..data.panoptic_targets import ALL_CLASSES, THINGS_AS_ONE, segment_labels, semantic_lookup
+from ..data.panoptic_targets import segment_labels, semantic_lookup
+from ..structures.sem_seg_format import SemSegFormat
 
 __all__ = [
     "SEM_SEG_EVALUATORS",
@@ -164,7 +165,7 @@ class PanopticSemSegEvaluator(FastSemSegEvaluator):
     ):
         # SemSegEvaluator.__init__ reads "sem_seg_file_name" from every dict: its fields are
         # set here instead, from the panoptic metadata.
-        if sem_seg_format not in (THINGS_AS_ONE, ALL_CLASSES):
+        if sem_seg_format not in (SemSegFormat.THINGS_AS_ONE, SemSegFormat.ALL_CLASSES):
             raise ValueError(f"no semantic labels for INPUT.SEM_SEG_FORMAT={sem_seg_format!r}")
         meta = MetadataCatalog.get(dataset_name)
         self._logger = logging.getLogger(__name__)
@@ -180,7 +181,9 @@ class PanopticSemSegEvaluator(FastSemSegEvaluator):
         things = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
         stuff = {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}
         self._num_things, self._num_stuff = len(things), len(stuff) - (0 in stuff)
-        if sem_seg_format == THINGS_AS_ONE:  # things -> 0, stuff -> 1..S (stuff_classes)
+        if (
+            sem_seg_format == SemSegFormat.THINGS_AS_ONE
+        ):  # things -> 0, stuff -> 1..S (stuff_classes)
             self._class_names = list(meta.stuff_classes)
             self._contiguous_id_to_dataset_id = stuff
         else:  # things -> 0..T-1, stuff -> T..T+S-1

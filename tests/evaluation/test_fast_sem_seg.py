@@ -11,7 +11,7 @@ from detectron2.evaluation import SemSegEvaluator
 from helpers import TINY_OPTS, load_cfg, load_script, register_tiny
 
 from panoptic_ext.data import PanopticDatasetMapper
-from panoptic_ext.engine.evaluators import build_evaluators
+from panoptic_ext.engine.evaluator_table import build_evaluators
 from panoptic_ext.evaluation import FastSemSegEvaluator, PanopticSemSegEvaluator
 from panoptic_ext.evaluation.sem_seg import class_map, pair_counts
 
