@@ -18,8 +18,9 @@ Names and files (relative to ``$DETECTRON2_DATASETS``, default ``./datasets``):
 * ``mapillary_vistas_panoptic_{train,val}_ext``: ``mapillary_vistas/{training,validation}/images/``,
   ``mapillary_vistas/{training,validation}/panoptic/`` (PNGs and ``panoptic_2018.json``).
 
-Optional derived files add evaluators: a things-as-one semantic folder (``sem_seg_root``,
-mIoU) and an instances JSON (``json_file``, box/mask AP) when they exist at registration;
+Optional derived files, used when they exist at registration: an instances JSON (``json_file``:
+box/mask AP) and a things-as-one semantic folder (``sem_seg_root``: for detectron2's
+``SemSegEvaluator``; our mIoU derives its labels from the panoptic PNGs);
 ``BUILTIN_PANOPTIC_SPLITS`` gives their paths and ``tools/convert_dataset.py to-separated`` makes
 them.
 """
@@ -49,7 +50,7 @@ class BuiltinSplit:
     image_root: str
     panoptic_root: str
     panoptic_json: str
-    sem_seg_root: str  # optional derived things-as-one PNGs (mIoU)
+    sem_seg_root: str  # optional derived things-as-one PNGs (detectron2's SemSegEvaluator)
     instances_json: str  # optional derived instances JSON (box/mask AP)
     city_folders: bool = False  # Cityscapes: images in <image_root>/<city>/<file_name>
 

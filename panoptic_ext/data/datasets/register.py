@@ -207,8 +207,9 @@ def register_panoptic_dataset(
         panoptic_root: folder of the panoptic PNGs (``annotations[*].file_name``).
         panoptic_json: the COCO-panoptic JSON.
         categories: the ``categories`` list; read from ``panoptic_json`` (lazily) when omitted.
-        sem_seg_root: optional folder of derived things-as-one semantic PNGs; enables detectron2's
-            ``SemSegEvaluator`` (mIoU).
+        sem_seg_root: optional folder of derived things-as-one semantic PNGs (the dicts get
+            ``sem_seg_file_name``; detectron2's ``SemSegEvaluator`` reads them; ours derives the
+            same labels from the panoptic PNGs).
         instances_json: optional COCO instances JSON; enables ``COCOEvaluator`` (box/mask AP).
         loader: optional function producing the dataset dicts in detectron2's convention
             (defaults to :func:`load_panoptic_json` with this dataset's metadata).
