@@ -167,14 +167,14 @@ def _plot_split_panels(rows, path: str, title: str, colors, draw) -> None:
     fig = Figure(figsize=(8, 1.2 + _BAR_INCHES * sum(heights) + 0.6 * len(splits)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(splits), 1, squeeze=False, height_ratios=heights)[:, 0]
-    for ax, (kind, split_rows) in zip(axes, splits):
+    for i, (ax, (kind, split_rows)) in enumerate(zip(axes, splits)):
         note = draw(ax, split_rows, colors)
         ax.set_yticks(np.arange(len(split_rows)), [r.name for r in split_rows], fontsize=7)
         # Room above the top bar for the legend of the counts plot.
         ax.set_ylim(-0.6, len(split_rows) - 0.4 + (draw is _draw_counts))
-        ax.set_title(f"{kind}: {len(split_rows)} classes, {note}", fontsize=9, loc="left")
+        # The figure title heads the first panel: a suptitle overlaps tall figures' first bars.
+        head = f"{title}\n" if title and i == 0 else ""
+        ax.set_title(f"{head}{kind}: {len(split_rows)} classes, {note}", fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
