@@ -19,8 +19,8 @@ from ..structures.sem_seg_format import SemSegFormat
 from .image_io import UnreadableImageError, UnsupportedImageError, read_image
 from .panoptic_targets import (
     SEM_SEG_FORMATS,
-    category_labels,
     segment_index_map,
+    segment_labels,
     semantic_lookup,
 )
 
@@ -38,7 +38,8 @@ def build_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]:
 
 
 class PanopticDatasetMapper:
-    """Map a COCO-panoptic dataset dict to model inputs.
+    """Map a panoptic dataset dict (detectron2's convention: contiguous ``category_id`` and
+    ``isthing`` in ``segments_info``, ``pan_seg_file_name``) to model inputs.
 
     Reads the image and, in training, the panoptic PNG; applies the same geometric transforms to
     both; then derives, vectorised over segments:
@@ -48,7 +49,8 @@ class PanopticDatasetMapper:
     * ``sem_seg``: (H, W) int64 in the requested format (see ``INPUT.SEM_SEG_FORMAT``); void
       pixels get ``ignore_value``.
 
-    Errors name the file: PNG ids with no segment, category ids absent from the metadata.
+    Errors name the file: PNG ids with no segment, category ids outside the metadata's ranges,
+    segments without ``isthing``.
     """
 
     @configurable
@@ -68,7 +70,8 @@ class PanopticDatasetMapper:
             is_train: whether targets are produced (the evaluators read ground truth from files).
             augmentations: applied to the image and to every target.
             image_format: detectron2 image format ("BGR", "RGB", ...).
-            thing_dataset_id_to_contiguous_id: dataset thing id -> 0..T-1.
+            thing_dataset_id_to_contiguous_id: dataset thing id -> 0..T-1 (its size is T, the
+                range thing ``category_id`` values are checked against).
             stuff_dataset_id_to_contiguous_id: dataset stuff id -> 1..S (``{0: 0}`` allowed).
             sem_seg_format: one of "things_as_one", "all_classes", "none".
             ignore_value: label of void pixels in ``sem_seg``.
@@ -83,6 +86,7 @@ class PanopticDatasetMapper:
         self.thing_map = {int(k): int(v) for k, v in thing_dataset_id_to_contiguous_id.items()}
         self.stuff_map = {int(k): int(v) for k, v in stuff_dataset_id_to_contiguous_id.items()}
         self.num_things = len(self.thing_map)
+        self.num_stuff = len([k for k in self.stuff_map if k != 0])
         self.sem_seg_format = sem_seg_format
         self.ignore_value = ignore_value
         mode = "training" if is_train else "inference"
@@ -150,11 +154,8 @@ class PanopticDatasetMapper:
     def _targets(self, index: np.ndarray, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         """Instances and semantic labels from an (H, W) segment-index map."""
         segments = dataset_dict.pop("segments_info")
-        is_thing, contiguous = category_labels(
-            [s["category_id"] for s in segments],
-            self.thing_map,
-            self.stuff_map,
-            dataset_dict["pan_seg_file_name"],
+        is_thing, contiguous = segment_labels(
+            segments, self.num_things, self.num_stuff, dataset_dict["pan_seg_file_name"]
         )
         iscrowd = np.array([s.get("iscrowd", 0) for s in segments], dtype=bool)
         out: dict[str, Any] = {}

@@ -5,6 +5,8 @@ Used by dataset registration, the converters and the synthetic generator; it rea
 
 from typing import Any
 
+from .colors import category_colors
+
 __all__ = ["metadata_from_categories"]
 
 # Color drawn for the merged "things" entry of stuff_classes (index 0 of the separated convention).
@@ -17,10 +19,12 @@ def metadata_from_categories(categories: list[dict[str, Any]], source: str = "")
     Follows detectron2's *separated* convention, which ``PanopticFPN`` and
     ``COCOPanopticEvaluator`` expect: things -> contiguous 0..T-1; ``stuff_classes[0]`` is the
     merged "things" class and stuff -> 1..S; ``stuff_dataset_id_to_contiguous_id`` holds ``{0: 0}``.
+    Colours come from the categories' ``color``, else from detectron2's colormap (one distinct
+    colour per class, see :func:`~panoptic_ext.data.colors.category_colors`).
 
     Raises:
         ValueError: naming ``source`` and the entry when an id repeats, is 0 (reserved for the
-            merged things class), or ``isthing`` is missing.
+            merged things class), ``isthing`` is missing or a ``color`` is malformed.
     """
     seen: set[int] = set()
     for cat in categories:
@@ -33,19 +37,16 @@ def metadata_from_categories(categories: list[dict[str, Any]], source: str = "")
         if cat["id"] == 0:
             raise ValueError(f"{source}: category id 0 is reserved for void / merged things")
         seen.add(cat["id"])
-    things = [c for c in categories if c["isthing"]]
-    stuff = [c for c in categories if not c["isthing"]]
-
-    def color(cat: dict[str, Any]) -> tuple[int, int, int]:
-        return tuple(cat.get("color", (128, 128, 128)))
-
-    stuff_map = {c["id"]: i + 1 for i, c in enumerate(stuff)}
+    colors = category_colors(categories, source)
+    things = [(c, col) for c, col in zip(categories, colors) if c["isthing"]]
+    stuff = [(c, col) for c, col in zip(categories, colors) if not c["isthing"]]
+    stuff_map = {c["id"]: i + 1 for i, (c, _) in enumerate(stuff)}
     stuff_map[0] = 0
     return {
-        "thing_classes": [c["name"] for c in things],
-        "thing_colors": [color(c) for c in things],
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(things)},
-        "stuff_classes": ["things"] + [c["name"] for c in stuff],
-        "stuff_colors": [_THINGS_COLOR] + [color(c) for c in stuff],
+        "thing_classes": [c["name"] for c, _ in things],
+        "thing_colors": [col for _, col in things],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, (c, _) in enumerate(things)},
+        "stuff_classes": ["things"] + [c["name"] for c, _ in stuff],
+        "stuff_colors": [_THINGS_COLOR] + [col for _, col in stuff],
         "stuff_dataset_id_to_contiguous_id": stuff_map,
     }

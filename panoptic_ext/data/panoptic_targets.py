@@ -86,6 +86,42 @@ def category_labels(
     return is_thing, contiguous
 
 
+def segment_labels(
+    segments: Sequence[dict], num_things: int, num_stuff: int, file_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is_thing, contiguous id) of dataset-dict segments in detectron2's panoptic convention.
+
+    Args:
+        segments: ``segments_info`` entries with contiguous ``category_id`` and ``isthing``, as
+            ``load_panoptic_json`` (and detectron2's ``load_coco_panoptic_json``) make them:
+            things 0..num_things-1, stuff 1..num_stuff (separated convention).
+        file_name: named in error messages.
+    Returns:
+        is_thing: (K,) bool; contiguous: (K,) int64.
+    Raises:
+        PanopticLabelError: naming the file when an entry has no ``isthing`` (raw JSON ids, whose
+            meaning would otherwise be guessed) or a contiguous id outside its range.
+    """
+    if any("isthing" not in s for s in segments):
+        raise PanopticLabelError(
+            f"{file_name}: segments_info entries lack 'isthing'; dataset dicts must follow "
+            "detectron2's panoptic convention (contiguous category_id + isthing), as "
+            "panoptic_ext.data.datasets.load_panoptic_json makes them"
+        )
+    is_thing = np.array([bool(s["isthing"]) for s in segments], dtype=bool)
+    contiguous = np.array([int(s["category_id"]) for s in segments], dtype=np.int64)
+    bad_things = contiguous[is_thing & ((contiguous < 0) | (contiguous >= num_things))]
+    bad_stuff = contiguous[~is_thing & ((contiguous < 1) | (contiguous > num_stuff))]
+    if len(bad_things) or len(bad_stuff):
+        raise PanopticLabelError(
+            f"{file_name}: category ids {sorted(set(bad_things.tolist() + bad_stuff.tolist()))} "
+            f"are outside the metadata's contiguous ranges (things 0..{num_things - 1}: "
+            f"{sorted(set(bad_things.tolist()))}, stuff 1..{num_stuff}: "
+            f"{sorted(set(bad_stuff.tolist()))})"
+        )
+    return is_thing, contiguous
+
+
 def semantic_lookup(
     is_thing: np.ndarray,
     contiguous: np.ndarray,

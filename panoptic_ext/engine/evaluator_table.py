@@ -14,13 +14,16 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
-    COCOEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
-    SemSegEvaluator,
 )
 
-from ..evaluation import build_panoptic_evaluator
+from ..evaluation import (
+    PanopticSemSegEvaluator,
+    build_coco_evaluator,
+    build_panoptic_evaluator,
+    build_sem_seg_evaluator,
+)
 from ..structures.sem_seg_format import SemSegFormat
 from ..utils.meta_arch import ModelOutput, meta_arch_info
 
@@ -41,17 +44,23 @@ def _instance(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
         logger.info("'%s' has no instances json_file: skipping COCO box/mask AP", name)
         return None
     tasks = ("bbox", "segm") if meta_arch_info(cfg).instance_masks(cfg) else ("bbox",)
-    return COCOEvaluator(name, tasks=tasks, output_dir=out)
+    return build_coco_evaluator(cfg, name, tasks, out)  # TEST.COCO_EVAL_IMPL
 
 
 def _sem_seg(cfg: CfgNode, name: str, out: str) -> DatasetEvaluator | None:
     meta = MetadataCatalog.get(name)
+    fmt = cfg.INPUT.SEM_SEG_FORMAT
     if meta.get("evaluator_type") == "coco_panoptic_seg":
-        # Derived PNGs hold things-as-one labels; other formats have no ground truth on disk.
-        if not meta.get("sem_seg_root") or cfg.INPUT.SEM_SEG_FORMAT != SemSegFormat.THINGS_AS_ONE:
+        if fmt == SemSegFormat.NONE:
+            logger.info("'%s': INPUT.SEM_SEG_FORMAT none: skipping mIoU", name)
+            return None
+        if cfg.TEST.SEM_SEG_EVALUATOR == "fast":  # labels from the panoptic PNGs, either format
+            return PanopticSemSegEvaluator(name, fmt, distributed=True, output_dir=out)
+        # detectron2's evaluator reads derived things-as-one PNGs.
+        if not meta.get("sem_seg_root") or fmt != SemSegFormat.THINGS_AS_ONE:
             logger.info("'%s': no things-as-one semantic PNGs for this model: skipping mIoU", name)
             return None
-    return SemSegEvaluator(name, distributed=True, output_dir=out)
+    return build_sem_seg_evaluator(cfg, name, out)  # TEST.SEM_SEG_EVALUATOR
 
 
 _PANOPTIC, _INSTANCE, _SEM_SEG = (o.value for o in ModelOutput)

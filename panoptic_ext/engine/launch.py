@@ -6,6 +6,7 @@ import logging
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import build_cfg
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
@@ -16,6 +17,9 @@ from .output_dir import claim_output_dir_all_ranks, release_output_dir
 from .trainer import Trainer
 
 __all__ = ["launch_main", "main", "register_config_datasets", "setup_cfg"]
+
+# Parent of every logger of this package (modules log to logging.getLogger(__name__)).
+PROJECT_LOGGER = __name__.split(".")[0]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,9 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         overwrite=getattr(args, "overwrite_output", False),
     )
     default_setup(cfg, args)
+    # default_setup sets up the "detectron2" and "fvcore" loggers only: without this, what our
+    # modules log (e.g. the per-class PQ table) reaches neither the console nor log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=PROJECT_LOGGER)
     enable_deterministic_mode(cfg)  # no-op unless cfg.DETERMINISTIC
     return cfg
 

@@ -26,6 +26,7 @@ from tabulate import tabulate
 
 from ..data.panoptic_io import read_panoptic_rows
 from .fast_pq import PQCategories, PQStats, image_pq_stats, pq_average
+from .report import ClassQuality, class_quality, format_class_table, write_pq_report
 
 __all__ = ["FastPanopticEvaluator", "build_panoptic_evaluator", "PANOPTIC_EVALUATORS"]
 
@@ -43,8 +44,9 @@ class FastPanopticEvaluator(DatasetEvaluator):
         Args:
             dataset_name: a registered dataset whose metadata has ``panoptic_json``,
                 ``panoptic_root`` and detectron2's thing/stuff id maps.
-            output_dir: when given, per-class results are written to
-                ``<output_dir>/pq_per_class.json``.
+            output_dir: when given, per-class results (with class names and TP/FP/FN counts)
+                are written to ``<output_dir>/pq_per_class.json``, with PNG plots next to it
+                (:mod:`panoptic_ext.evaluation.report`).
             num_workers: threads that read ground-truth PNGs and match segments; 0 or 1 = inline.
         Raises:
             ValueError: naming the json when category ids repeat, ``isthing`` is missing, or the
@@ -187,18 +189,20 @@ class FastPanopticEvaluator(DatasetEvaluator):
             logger.info(f"PQ on {num_images} of the {len(self._gt)} images of {self._dataset_name}")
         pq_res = pq_average(total, self._categories)
         self.last_results = pq_res
-        self._log_tables(pq_res)
+        rows = class_quality(total, self._categories, pq_res["per_class"])
+        self._log_tables(pq_res, rows)
         if self._output_dir:
-            os.makedirs(self._output_dir, exist_ok=True)
-            with open(os.path.join(self._output_dir, "pq_per_class.json"), "w") as f:
-                json.dump({str(k): v for k, v in pq_res["per_class"].items()}, f, indent=1)
+            paths = write_pq_report(
+                rows, self._output_dir, self._class_colors(), self._dataset_name
+            )
+            logger.info("Per-class results and plots: %s", ", ".join(paths))
         res = {}
         for key, name in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
             for metric in ("PQ", "SQ", "RQ"):
                 res[metric + key] = 100 * pq_res[name][metric.lower()]
         return OrderedDict({"panoptic_seg": res})
 
-    def _log_tables(self, pq_res: dict[str, Any]) -> None:
+    def _log_tables(self, pq_res: dict[str, Any], classes: list[ClassQuality]) -> None:
         rows = [
             [name] + [100 * pq_res[name][k] for k in ("pq", "sq", "rq")] + [pq_res[name]["n"]]
             for name in ("All", "Things", "Stuff")
@@ -206,14 +210,19 @@ class FastPanopticEvaluator(DatasetEvaluator):
         fmt = {"tablefmt": "pipe", "floatfmt": ".3f", "stralign": "center", "numalign": "center"}
         table = tabulate(rows, headers=["", "PQ", "SQ", "RQ", "#categories"], **fmt)
         logger.info("Panoptic Evaluation Results:\n" + table)
-        cats = self._categories
-        per_class = [
-            [cats.names[i], "thing" if cats.isthing[i] else "stuff"]
-            + [100 * pq_res["per_class"][cid][k] for k in ("pq", "sq", "rq")]
-            for i, cid in enumerate(cats.ids.tolist())
-        ]
-        table = tabulate(per_class, headers=["category", "type", "PQ", "SQ", "RQ"], **fmt)
-        logger.info("Per-class panoptic results:\n" + table)
+        logger.info("Per-class panoptic results:\n" + format_class_table(classes))
+
+    def _class_colors(self) -> dict[int, tuple[int, ...]]:
+        """Dataset category id -> the metadata's RGB colour (for the plots)."""
+        colors = {}
+        for key, to_dataset in (
+            ("thing", self._thing_to_dataset),
+            ("stuff", self._stuff_to_dataset),
+        ):
+            for contiguous, color in enumerate(self._metadata.get(f"{key}_colors") or []):
+                if contiguous in to_dataset:
+                    colors[to_dataset[contiguous]] = tuple(color)
+        return colors
 
 
 def _compact_copy(ids: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
 """PanopticDatasetMapper targets agree with the panoptic PNG pixel for pixel."""
 
 import copy
+import json
+import os
 
 import numpy as np
 import pytest
@@ -27,13 +29,22 @@ def _mapper(fmt="things_as_one", flip=False):
     )
 
 
+def _raw_segments(record):
+    """The record's segments as the JSON has them (dataset category ids)."""
+    meta = MetadataCatalog.get("synthetic_panoptic_train")
+    with open(meta.panoptic_json) as f:
+        anns = {a["file_name"]: a for a in json.load(f)["annotations"]}
+    return anns[os.path.basename(record["pan_seg_file_name"])]["segments_info"]
+
+
 def _expected(record):
-    """Reference targets computed per segment from the PNG, the slow obvious way."""
+    """Reference targets computed per segment from the PNG and the JSON's own category ids,
+    mapped through the metadata, the slow obvious way."""
     meta = MetadataCatalog.get("synthetic_panoptic_train")
     ids = rgb_to_id(np.asarray(Image.open(record["pan_seg_file_name"])))
     sem = np.full(ids.shape, 255, np.int64)
     masks, classes = [], []
-    for seg in record["segments_info"]:
+    for seg in _raw_segments(record):
         cat = seg["category_id"]
         m = ids == seg["id"]
         if cat in meta.thing_dataset_id_to_contiguous_id:

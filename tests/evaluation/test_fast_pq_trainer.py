@@ -2,7 +2,7 @@
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from helpers import KEEP_ALL_DETECTIONS_OPTS, TINY_OPTS, build_tiny_model, load_cfg, register_tiny
 from torch import nn
 
@@ -20,7 +20,6 @@ class ShiftedGroundTruth(nn.Module):
     def __init__(self, dataset_name):
         super().__init__()
         self.records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
-        self.meta = MetadataCatalog.get(dataset_name)
 
     def forward(self, batched_inputs):
         outputs = []
@@ -30,16 +29,9 @@ class ShiftedGroundTruth(nn.Module):
             ids = torch.zeros(gt.shape, dtype=torch.int32)
             segments = []
             for k, s in enumerate(record["segments_info"], start=1):
-                isthing = s["category_id"] in self.meta.thing_dataset_id_to_contiguous_id
-                table = (
-                    self.meta.thing_dataset_id_to_contiguous_id
-                    if isthing
-                    else self.meta.stuff_dataset_id_to_contiguous_id
-                )
+                # Dataset dicts carry contiguous ids and isthing, as the model outputs them.
                 ids[torch.from_numpy(gt == s["id"])] = k
-                segments.append(
-                    {"id": k, "category_id": table[s["category_id"]], "isthing": isthing}
-                )
+                segments.append({"id": k, "category_id": s["category_id"], "isthing": s["isthing"]})
             present = set(torch.unique(ids).tolist())
             outputs.append({"panoptic_seg": (ids, [s for s in segments if s["id"] in present])})
         return outputs

@@ -1,4 +1,4 @@
-"""Builtin COCO, Cityscapes and ADE20K panoptic datasets, registered with
+"""Builtin COCO, Cityscapes, ADE20K and Mapillary Vistas panoptic datasets, registered with
 :func:`register_panoptic_dataset` when the package is imported, without reading anything: the
 JSON is read the first time a dataset is used, and a dataset whose files are missing then raises
 a ``FileNotFoundError`` naming the files it expected (layouts: ``datasets/README.md``).
@@ -14,10 +14,13 @@ Names and files (relative to ``$DETECTRON2_DATASETS``, default ``./datasets``):
   ``cityscapes/gtFine/cityscapes_panoptic_{train,val}/`` and ``.json`` (made by cityscapesscripts'
   ``createPanopticImgs``);
 * ``ade20k_panoptic_{train,val}_ext``: ``ADEChallengeData2016/images/{training,validation}/``,
-  ``ADEChallengeData2016/ade20k_panoptic_{train,val}/`` and ``.json``.
+  ``ADEChallengeData2016/ade20k_panoptic_{train,val}/`` and ``.json``;
+* ``mapillary_vistas_panoptic_{train,val}_ext``: ``mapillary_vistas/{training,validation}/images/``,
+  ``mapillary_vistas/{training,validation}/panoptic/`` (PNGs and ``panoptic_2018.json``).
 
-Optional derived files add evaluators: a things-as-one semantic folder (``sem_seg_root``,
-mIoU) and an instances JSON (``json_file``, box/mask AP) when they exist at registration;
+Optional derived files, used when they exist at registration: an instances JSON (``json_file``:
+box/mask AP) and a things-as-one semantic folder (``sem_seg_root``: for detectron2's
+``SemSegEvaluator``; our mIoU derives its labels from the panoptic PNGs);
 ``BUILTIN_PANOPTIC_SPLITS`` gives their paths and ``tools/convert_dataset.py to-separated`` makes
 them.
 """
@@ -28,6 +31,8 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from detectron2.data import MetadataCatalog
 
 from .register import load_panoptic_json, register_panoptic_dataset
 
@@ -45,7 +50,7 @@ class BuiltinSplit:
     image_root: str
     panoptic_root: str
     panoptic_json: str
-    sem_seg_root: str  # optional derived things-as-one PNGs (mIoU)
+    sem_seg_root: str  # optional derived things-as-one PNGs (detectron2's SemSegEvaluator)
     instances_json: str  # optional derived instances JSON (box/mask AP)
     city_folders: bool = False  # Cityscapes: images in <image_root>/<city>/<file_name>
 
@@ -77,18 +82,29 @@ def _splits() -> dict[str, BuiltinSplit]:
             f"{ade}/ade20k_panoptic_{split}_stuff",
             f"{ade}/ade20k_panoptic_{split}_instances.json",
         )
+        vistas = f"mapillary_vistas/{folder}"  # the v1.2 panoptic release (65 classes)
+        splits[f"mapillary_vistas_panoptic_{split}_ext"] = BuiltinSplit(
+            f"{vistas}/images",
+            f"{vistas}/panoptic",
+            f"{vistas}/panoptic/panoptic_2018.json",
+            f"{vistas}/panoptic_stuff",
+            f"{vistas}/panoptic_instances.json",
+        )
     return splits
 
 
 BUILTIN_PANOPTIC_SPLITS: dict[str, BuiltinSplit] = _splits()
 
 
-def _city_loader(panoptic_json: str, image_root: str, panoptic_root: str, sem_seg_root: str | None):
+def _city_loader(
+    name: str, panoptic_json: str, image_root: str, panoptic_root: str, sem_seg_root: str | None
+):
     """Cityscapes keeps images in per-city folders: ``frankfurt_000000_000294_leftImg8bit.png``
     lives in ``<image_root>/frankfurt/``."""
 
     def load() -> list[dict[str, Any]]:
-        records = load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root)
+        meta = MetadataCatalog.get(name)
+        records = load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root, meta)
         for r in records:
             base = os.path.basename(r["file_name"])
             r["file_name"] = os.path.join(image_root, base.split("_")[0], base)
@@ -135,7 +151,7 @@ def register_builtin_panoptic_datasets(root: str | None = None) -> list[str]:
         instances_json = instances_json if os.path.isfile(instances_json) else None
         loader = None
         if split.city_folders:
-            loader = _city_loader(panoptic_json, image_root, panoptic_root, sem_seg_root)
+            loader = _city_loader(name, panoptic_json, image_root, panoptic_root, sem_seg_root)
         required = {
             "panoptic json": panoptic_json,
             "panoptic PNG folder": panoptic_root,

@@ -5,14 +5,18 @@ the one call below is all a user needs; :class:`~panoptic_ext.data.PanopticDatas
 every training target from the same files.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.catalog import Metadata
 
 from ..json_checks import check_categories, read_panoptic_json
 from ..metadata import metadata_from_categories
@@ -38,18 +42,36 @@ _METADATA_KEYS = (
 
 
 def load_panoptic_json(
-    panoptic_json: str, image_root: str, panoptic_root: str, sem_seg_root: str | None = None
+    panoptic_json: str,
+    image_root: str,
+    panoptic_root: str,
+    sem_seg_root: str | None = None,
+    metadata: Mapping[str, Any] | Metadata | None = None,
 ) -> list[dict[str, Any]]:
-    """Read a COCO-panoptic JSON into detectron2 dataset dicts.
+    """Read a COCO-panoptic JSON into dataset dicts in detectron2's panoptic convention.
 
     Each dict has ``file_name``, ``image_id``, ``height``, ``width``, ``pan_seg_file_name`` and
-    ``segments_info`` (dataset category ids, as in the file; the mapper maps them), plus
+    ``segments_info``, whose entries are those of the JSON with ``category_id`` replaced by its
+    contiguous id and ``isthing`` added, as detectron2's ``load_coco_panoptic_json`` makes them
+    (things 0..T-1, stuff 1..S: always read ``category_id`` together with ``isthing``); plus
     ``sem_seg_file_name`` when ``sem_seg_root`` (derived things-as-one PNGs) is given.
 
     The JSON is checked first (:func:`~panoptic_ext.data.json_checks.read_panoptic_json`:
     required keys, types, repeated ids / files, each image paired with its own PNG, not empty).
+
+    Args:
+        metadata: holds ``thing_dataset_id_to_contiguous_id`` and
+            ``stuff_dataset_id_to_contiguous_id`` (a registered dataset's metadata); derived from
+            the JSON's ``categories`` when omitted.
+    Raises:
+        DatasetJsonError: naming the JSON, the key and the value of a malformed entry;
+        ValueError: naming the JSON, the annotation and the ids when an annotation names an
+            unknown image or category.
     """
     data = read_panoptic_json(panoptic_json, panoptic_root)  # raises DatasetJsonError
+    if metadata is None:
+        metadata = metadata_from_categories(data["categories"], source=panoptic_json)
+    contiguous = _ContiguousIds.of(metadata)
     images = {img["id"]: img for img in data["images"]}
     records = []
     for ann in data["annotations"]:
@@ -59,13 +81,14 @@ def load_panoptic_json(
                 f"{panoptic_json}: annotation {ann['file_name']} names unknown "
                 f"image_id {ann['image_id']}"
             )
+        where = f"{panoptic_json}: annotation {ann['file_name']}"
         record = {
             "file_name": os.path.join(image_root, img["file_name"]),
             "image_id": ann["image_id"],
             "height": img["height"],
             "width": img["width"],
             "pan_seg_file_name": os.path.join(panoptic_root, ann["file_name"]),
-            "segments_info": ann["segments_info"],
+            "segments_info": contiguous.convert(ann["segments_info"], where),
         }
         if sem_seg_root is not None:
             record["sem_seg_file_name"] = os.path.join(sem_seg_root, ann["file_name"])
@@ -73,6 +96,42 @@ def load_panoptic_json(
     if not records:
         logger.warning("%s holds no annotations", panoptic_json)
     return records
+
+
+@dataclass(frozen=True)
+class _ContiguousIds:
+    """Dataset category id -> (contiguous id, isthing), from detectron2's two id maps."""
+
+    things: dict[int, int]
+    stuff: dict[int, int]
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any] | Metadata) -> _ContiguousIds:
+        things = metadata.get("thing_dataset_id_to_contiguous_id")
+        stuff = metadata.get("stuff_dataset_id_to_contiguous_id")
+        if things is None or stuff is None:
+            raise ValueError(
+                "metadata needs thing_dataset_id_to_contiguous_id and "
+                "stuff_dataset_id_to_contiguous_id to convert category ids"
+            )
+        # 0 is the merged "things" class of the separated convention, never a dataset id.
+        return cls(dict(things), {k: v for k, v in stuff.items() if k != 0})
+
+    def convert(self, segments: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+        """Copies of ``segments`` with contiguous ``category_id`` and ``isthing``."""
+        out = []
+        for seg in segments:
+            cat = seg.get("category_id")
+            if cat in self.things:
+                out.append({**seg, "category_id": self.things[cat], "isthing": True})
+            elif cat in self.stuff:
+                out.append({**seg, "category_id": self.stuff[cat], "isthing": False})
+            else:
+                raise ValueError(
+                    f"{where}: segment {seg.get('id')} has category_id {cat!r}, which is not "
+                    f"in the categories (things {sorted(self.things)}, stuff {sorted(self.stuff)})"
+                )
+        return out
 
 
 def read_categories(panoptic_json: str) -> list[dict[str, Any]]:
@@ -150,10 +209,12 @@ def register_panoptic_dataset(
         panoptic_root: folder of the panoptic PNGs (``annotations[*].file_name``).
         panoptic_json: the COCO-panoptic JSON.
         categories: the ``categories`` list; read from ``panoptic_json`` (lazily) when omitted.
-        sem_seg_root: optional folder of derived things-as-one semantic PNGs; enables detectron2's
-            ``SemSegEvaluator`` (mIoU).
+        sem_seg_root: optional folder of derived things-as-one semantic PNGs (the dicts get
+            ``sem_seg_file_name``; detectron2's ``SemSegEvaluator`` reads them; ours derives the
+            same labels from the panoptic PNGs).
         instances_json: optional COCO instances JSON; enables ``COCOEvaluator`` (box/mask AP).
-        loader: optional function producing the dataset dicts (defaults to reading the JSON).
+        loader: optional function producing the dataset dicts in detectron2's convention
+            (defaults to :func:`load_panoptic_json` with this dataset's metadata).
         check_files: optional function called before the JSON is first read; it raises a
             ``FileNotFoundError`` that explains the expected layout (builtin datasets).
         extra_metadata: more metadata fields.
@@ -162,7 +223,9 @@ def register_panoptic_dataset(
     if loader is None:
 
         def loader() -> list[dict[str, Any]]:
-            return load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root)
+            # The registered metadata's id maps, so that dicts, mapper and evaluators agree.
+            meta = MetadataCatalog.get(name)
+            return load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root, meta)
 
     def load() -> list[dict[str, Any]]:
         check()

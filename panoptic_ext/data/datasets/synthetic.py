@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+from detectron2.data import MetadataCatalog
 from PIL import Image
 
 from ...structures.boxes import segment_boxes
@@ -280,13 +281,14 @@ def register_synthetic_datasets(
         folder = _split_dir(root, split, spec)
         panoptic_json = os.path.join(folder, f"panoptic_{split}.json")
 
-        def load(split=split, spec=spec, panoptic_json=panoptic_json):
+        def load(split=split, spec=spec, panoptic_json=panoptic_json, name=name):
             folder = ensure_split(root, split, spec)
             return load_panoptic_json(
                 panoptic_json,
                 os.path.join(folder, split),
                 os.path.join(folder, f"panoptic_{split}"),
                 os.path.join(folder, f"panoptic_semseg_{split}"),
+                MetadataCatalog.get(name),
             )
 
         register_panoptic_dataset(
