@@ -1,6 +1,7 @@
 """The exporter refuses a model whose exported results differ; the comparison catches each kind
 of difference; the spec stored in a model file is read strictly."""
 
+import dataclasses
 import json
 import os
 
@@ -167,6 +168,7 @@ def _spec_json(**changes):
         (_spec_json(min_size_test=...), "m.onnx: export spec lacks key(s) ['min_size_test']"),
         (_spec_json(min_size_test=True), "key 'min_size_test' must be int, got True"),
         (_spec_json(output_names="boxes"), "key 'output_names' must be tuple[str, ...]"),
+        (_spec_json(output_names=["boxes", 3]), "key 'output_names' must be tuple[str, ...]"),
         (_spec_json(input_format="YUV"), "input_format must be 'BGR' or 'RGB', got 'YUV'"),
     ],
 )
@@ -185,6 +187,21 @@ def test_settings_are_read_strictly():
         settings_from_dict(
             RCNNSettings, {"mask_on": True, "panoptic": True, "overlap_thresh": "0.5"}, "m.onnx"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    sizes: tuple[int, ...]  # a real class annotation, as in modeling's dataclasses
+    channel: int | None
+    thres: float
+
+
+def test_settings_tuples_and_optionals():
+    data = json.loads(json.dumps(dataclasses.asdict(_Settings((3, 5), None, 0.5))))
+    assert settings_from_dict(_Settings, data, "m.onnx") == _Settings((3, 5), None, 0.5)
+    for bad in ({"sizes": [3, True]}, {"sizes": [3.5]}, {"channel": 1.0}, {"thres": None}):
+        with pytest.raises(ValueError, match="m.onnx: _Settings setting key"):
+            settings_from_dict(_Settings, {**data, **bad}, "m.onnx")
 
 
 def test_predictor_refuses_files_that_are_not_exports(tmp_path):
