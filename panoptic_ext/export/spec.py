@@ -83,7 +83,6 @@ class ExportSpec:
                 f"{SPEC_VERSION}; re-export the model"
             )
         values = _checked_fields(cls, data, source, "export spec")
-        values["output_names"] = tuple(values["output_names"])
         if values["input_format"] not in ("BGR", "RGB"):
             raise ValueError(
                 f"{source}: export spec input_format must be 'BGR' or 'RGB', "
@@ -92,17 +91,32 @@ class ExportSpec:
         return cls(**values)
 
 
-_JSON_TYPES: dict[Any, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "tuple[str, ...]": (list,),
-    "dict[str, Any]": (dict,),
-    "dict[str, str]": (dict,),
-    "list[dict[str, Any]]": (list,),
-    "float | None": (int, float, type(None)),
+# A field's annotation as written -> (JSON types it accepts, element type of a tuple field).
+_JSON_TYPES: dict[str, tuple[tuple[type, ...], type | None]] = {
+    "str": ((str,), None),
+    "int": ((int,), None),
+    "float": ((int, float), None),
+    "bool": ((bool,), None),
+    "float | None": ((int, float, type(None)), None),
+    "int | None": ((int, type(None)), None),
+    "dict[str, Any]": ((dict,), None),
+    "dict[str, str]": ((dict,), None),
+    "list[dict[str, Any]]": ((list,), None),
+    "tuple[str, ...]": ((list,), str),
+    "tuple[int, ...]": ((list,), int),
 }
+
+
+def _is_a(value: Any, types: tuple[type, ...]) -> bool:
+    # bool is an int in Python: refuse true/false where a number is expected.
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _type_name(annotation: Any) -> str:
+    """A field's annotation as written (string annotations, classes and generic aliases)."""
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 def _checked_fields(cls: type, data: dict[str, Any], source: str, what: str) -> dict[str, Any]:
@@ -120,14 +134,16 @@ def _checked_fields(cls: type, data: dict[str, Any], source: str, what: str) -> 
     ]
     if missing:
         raise ValueError(f"{source}: {what} lacks key(s) {missing}")
+    values = dict(data)
     for name, value in data.items():
-        allowed = _JSON_TYPES[str(fields[name].type)]
-        # bool is an int in Python: refuse true/false where a number is expected.
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise ValueError(
-                f"{source}: {what} key {name!r} must be {fields[name].type}, got {value!r}"
-            )
-    return dict(data)
+        kind = _type_name(fields[name].type)
+        allowed, element = _JSON_TYPES[kind]
+        ok = _is_a(value, allowed) and (element is None or all(_is_a(v, (element,)) for v in value))
+        if not ok:
+            raise ValueError(f"{source}: {what} key {name!r} must be {kind}, got {value!r}")
+        if element is not None:
+            values[name] = tuple(value)
+    return values
 
 
 def settings_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:

@@ -1,6 +1,7 @@
 """The exporter refuses a model whose exported results differ; the comparison catches each kind
 of difference; the spec stored in a model file is read strictly."""
 
+import dataclasses
 import json
 import os
 
@@ -107,7 +108,7 @@ def test_compare_accepts_float_rounding():
             lambda r: r["panoptic_seg"][0].masked_fill_(r["panoptic_seg"][0] == 1, 3),
             "without counterpart: [1]",
         ),
-        (lambda r: r["sem_seg"][0].__iadd__(100.0), "sem_seg argmax agrees"),
+        (lambda r: r["sem_seg"][0].__iadd__(100.0), "sem_seg argmax differs beyond near-ties"),
         (lambda r: r["sem_seg"].__imul__(1.01), "sem_seg values differ"),
         (lambda r: r.pop("sem_seg"), "result keys"),
     ],
@@ -118,6 +119,17 @@ def test_compare_reports_each_difference(edit, problem):
     edit(b)
     result = compare_results(a, b)
     assert any(problem in p for p in result.problems), result.problems
+
+
+def test_compare_lets_near_ties_pick_either_class():
+    a = _results()
+    a["sem_seg"][1] = a["sem_seg"][0] + 1e-6  # channels 0 and 1 tied up to rounding
+    b = _copy(a)
+    b["sem_seg"][0] += 2e-6  # ... and the exported map picks the other one everywhere
+    result = compare_results(a, b)
+    assert result.ok, result.problems
+    assert result.figures["sem_seg_agreement"] < 0.9
+    assert result.figures["sem_seg_agreement_beyond_ties"] == 1.0
 
 
 def test_compare_matches_by_content_not_order():
@@ -167,6 +179,7 @@ def _spec_json(**changes):
         (_spec_json(min_size_test=...), "m.onnx: export spec lacks key(s) ['min_size_test']"),
         (_spec_json(min_size_test=True), "key 'min_size_test' must be int, got True"),
         (_spec_json(output_names="boxes"), "key 'output_names' must be tuple[str, ...]"),
+        (_spec_json(output_names=["boxes", 3]), "key 'output_names' must be tuple[str, ...]"),
         (_spec_json(input_format="YUV"), "input_format must be 'BGR' or 'RGB', got 'YUV'"),
     ],
 )
@@ -185,6 +198,21 @@ def test_settings_are_read_strictly():
         settings_from_dict(
             RCNNSettings, {"mask_on": True, "panoptic": True, "overlap_thresh": "0.5"}, "m.onnx"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    sizes: tuple[int, ...]  # a real class annotation, as in modeling's dataclasses
+    channel: int | None
+    thres: float
+
+
+def test_settings_tuples_and_optionals():
+    data = json.loads(json.dumps(dataclasses.asdict(_Settings((3, 5), None, 0.5))))
+    assert settings_from_dict(_Settings, data, "m.onnx") == _Settings((3, 5), None, 0.5)
+    for bad in ({"sizes": [3, True]}, {"sizes": [3.5]}, {"channel": 1.0}, {"thres": None}):
+        with pytest.raises(ValueError, match="m.onnx: _Settings setting key"):
+            settings_from_dict(_Settings, {**data, **bad}, "m.onnx")
 
 
 def test_predictor_refuses_files_that_are_not_exports(tmp_path):

@@ -28,7 +28,7 @@ def _assert_same(expected, actual):
         assert f["mask_agreement_min"] >= 0.999
         assert f["instance_score_max_diff"] <= 1e-3
     if "sem_seg" in expected:
-        assert f["sem_seg_agreement"] >= 0.999
+        assert f["sem_seg_agreement_beyond_ties"] >= 0.999
     return f
 
 
