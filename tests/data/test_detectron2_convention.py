@@ -72,7 +72,7 @@ def test_unknown_category_in_the_json_names_file_annotation_and_segment(tmp_path
     register_panoptic_dataset("convention_bad", str(tmp_path / "val"), "x", str(path))
     try:
         with pytest.raises(
-            ValueError, match=rf"panoptic_val.json.*val_000001.png.*{seg['id']}.*77"
+            ValueError, match=rf"(?s)panoptic_val.json.*val_000001.png.*{seg['id']}.*77"
         ):
             DatasetCatalog.get("convention_bad")
     finally:
