@@ -25,7 +25,7 @@ from panoptic_ext.config import build_cfg
 from panoptic_ext.data import PanopticDatasetMapper
 from panoptic_ext.data.colors import category_colors
 from panoptic_ext.data.datasets import metadata_from_categories, register_panoptic_dataset
-from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
+from panoptic_ext.data.datasets.synthetic import SYNTHETIC_CATEGORIES, SyntheticSpec, generate_split
 from panoptic_ext.data.panoptic_targets import PanopticLabelError
 
 SIZE_OPTS = ["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.RANDOM_FLIP", "none"]
@@ -63,6 +63,7 @@ def test_dicts_equal_detectron2_load_coco_panoptic_json(records):
 
 
 def test_unknown_category_in_the_json_names_file_annotation_and_segment(tmp_path):
+    """The JSON check (data/json_checks.py) or the id conversion: either names all four."""
     generate_split(str(tmp_path), "val", SyntheticSpec(image_size=32, num_images=2, seed=3))
     path = tmp_path / "panoptic_val.json"
     data = json.loads(path.read_text())
@@ -78,6 +79,19 @@ def test_unknown_category_in_the_json_names_file_annotation_and_segment(tmp_path
     finally:
         DatasetCatalog.remove("convention_bad")
         MetadataCatalog.remove("convention_bad")
+    # Registered categories that lack one of the JSON's: the id conversion names it.
+    generate_split(str(tmp_path / "b"), "val", SyntheticSpec(image_size=32, num_images=2, seed=3))
+    categories = [c for c in SYNTHETIC_CATEGORIES if c["name"] != "ground"]
+    b = tmp_path / "b"
+    register_panoptic_dataset("convention_cats", str(b / "val"), str(b / "panoptic_val"),
+                              str(b / "panoptic_val.json"), categories=categories)  # fmt: skip
+    try:
+        with pytest.raises(ValueError, match=r"panoptic_val.json: annotation val_00000\d.png: "
+                                             r"segment \d+ has category_id 30"):  # fmt: skip
+            DatasetCatalog.get("convention_cats")
+    finally:
+        DatasetCatalog.remove("convention_cats")
+        MetadataCatalog.remove("convention_cats")
 
 
 def test_detectron2_dataset_mapper_reads_our_dicts(records):
