@@ -9,6 +9,9 @@ The claim is made by rank 0 before anything is written (detectron2's ``default_s
 ``config.yaml`` and ``log.txt``); its outcome is shared with every rank so that all of them stop
 with the same message. The lock is an ``fcntl.flock`` on ``OUTPUT_DIR/.panoptic_ext.lock``: the
 operating system drops it when the process ends, however it ends (``kill -9`` included).
+Forked children (data loader workers) close their copy of the lock file at once: an flock belongs
+to the open file, so a worker that outlives a killed trainer would otherwise keep the folder
+locked until it notices its parent is gone.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ _TAG = "last_checkpoint"
 
 # Locks this process holds: real path of OUTPUT_DIR -> the open lock file.
 _held: dict[str, IO[str]] = {}
+
+
+def _close_in_forked_child() -> None:
+    """Drop the inherited lock descriptors in a forked child (the parent keeps its lock)."""
+    for handle in _held.values():
+        handle.close()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_forked_child)
 
 
 class OutputDirError(RuntimeError):

@@ -59,6 +59,41 @@ def test_lock_refuses_a_second_process_until_the_first_is_killed(tmp_path):
     release_output_dir(folder)
 
 
+_HOLD_AND_FORK = (
+    "import os, sys, time; from panoptic_ext.engine.output_dir import claim_output_dir;"
+    "claim_output_dir(sys.argv[1], training=False, resume=False, overwrite=False);"
+    "pid = os.fork()\n"
+    "if pid == 0: time.sleep(600); os._exit(0)\n"
+    "open(sys.argv[2], 'w').write(str(pid)); time.sleep(600)"
+)
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_parent(tmp_path):
+    """Data loader workers are forked: a kill -9 of the trainer must free the folder at once."""
+    folder, ready = str(tmp_path / "run"), str(tmp_path / "ready")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    parent = subprocess.Popen([sys.executable, "-c", _HOLD_AND_FORK, folder, ready], env=env)
+    deadline = time.time() + 120
+    while not (os.path.exists(ready) and open(ready).read()):
+        assert parent.poll() is None and time.time() < deadline, "holder did not start"
+        time.sleep(0.2)
+    child = int(open(ready).read())
+    try:
+        with pytest.raises(OutputDirError, match=rf"in use by another run \(pid {parent.pid} "):
+            claim_output_dir(folder, training=False, resume=False, overwrite=False)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        os.kill(child, 0)  # the forked child is still alive ...
+        claim_output_dir(folder, training=False, resume=False, overwrite=False)  # ... lock is free
+        release_output_dir(folder)
+    finally:
+        parent.kill()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_checkpoints_of_an_earlier_run_need_resume_or_overwrite(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
