@@ -25,7 +25,7 @@ if sys.prefix == sys.base_prefix and "CONDA_PREFIX" not in __import__("os").envi
 PYCHECK
 
 echo "[setup] build tools"
-pip_install "setuptools>=64,<81" wheel ninja
+pip_install "setuptools>=77.0.3,<81" wheel ninja
 echo "[setup] panoptic_ext[$EXTRAS] (editable) and its dependencies"
 pip_install --no-build-isolation -e ".[$EXTRAS]"
 if ! (cd / && "$PY" -c "import detectron2") >/dev/null 2>&1; then
@@ -41,6 +41,7 @@ fi
 # Probe from outside the checkout, without PYTHONPATH: is everything really installed?
 (cd / && env -u PYTHONPATH "$PY" - <<'PYCHECK'
 import cv2, detectron2, numpy, panopticapi, torch, torchvision
+import detectron2.model_zoo  # imports pkg_resources (gone from setuptools >= 81)
 import panoptic_ext
 print(f"[setup] ready: panoptic_ext {panoptic_ext.__version__}, detectron2 {detectron2.__version__},"
       f" torch {torch.__version__}, torchvision {torchvision.__version__}, numpy {numpy.__version__},"
