@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList, Instances
 from torch import nn
@@ -22,10 +23,84 @@ from .inference import (
     thing_candidates,
 )
 from .layers import ConvTower
-from .losses import panoptic_fcn_losses
-from .targets import build_targets, collate_ground_truth
+from .losses import LossSettings, panoptic_fcn_losses
+from .targets import TargetSettings, build_targets, collate_ground_truth
 
 __all__ = ["PanopticFCN", "HeadOutputs"]
+
+
+def _head_channels(cfg: CfgNode, shapes: dict[str, ShapeSpec]) -> int:
+    """Width of the head levels; raises ``ValueError`` naming the keys of a bad feature choice."""
+    p = cfg.MODEL.PANOPTIC_FCN
+    wanted = list(p.SEMANTIC_FPN.IN_FEATURES) + list(p.HEAD_IN_FEATURES)
+    missing = [f for f in wanted if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"MODEL.PANOPTIC_FCN.*IN_FEATURES name {missing}, which backbone "
+            f"{cfg.MODEL.BACKBONE.NAME} does not output (it gives {sorted(shapes)})"
+        )
+    head_channels = {shapes[f].channels for f in p.HEAD_IN_FEATURES}
+    if len(head_channels) != 1:
+        raise ValueError(
+            f"MODEL.PANOPTIC_FCN.HEAD_IN_FEATURES levels have different widths {head_channels}"
+        )
+    return head_channels.pop()
+
+
+def _build_heads(cfg: CfgNode, shapes: dict[str, ShapeSpec]) -> dict[str, nn.Module]:
+    """Encoder, position and kernel heads and the two kernel generators (in this order: it is
+    the order of their random initialisation)."""
+    in_ch = _head_channels(cfg, shapes)
+    p = cfg.MODEL.PANOPTIC_FCN
+    fpn, enc, pos, kh = p.SEMANTIC_FPN, p.FEATURE_ENCODER, p.POSITION_HEAD, p.KERNEL_HEAD
+    encoder = FeatureEncoder(
+        {f: shapes[f] for f in fpn.IN_FEATURES},
+        fpn_dim=fpn.CONVS_DIM,
+        fpn_norm=fpn.NORM,
+        common_stride=fpn.COMMON_STRIDE,
+        out_dim=enc.CONVS_DIM,
+        num_convs=enc.NUM_CONVS,
+        norm=enc.NORM,
+        deform=enc.DEFORM,
+        coord=enc.COORD,
+    )
+    position_head = PositionHead(
+        ConvTower(in_ch, pos.CONVS_DIM, pos.NUM_CONVS, pos.NORM, pos.DEFORM, pos.COORD),
+        num_thing_classes=pos.THING.NUM_CLASSES,
+        num_stuff_classes=pos.STUFF.NUM_CLASSES,
+        bias_value=pos.THING.BIAS_VALUE,
+    )
+    kernel_head = KernelHead(
+        ConvTower(in_ch, kh.CONVS_DIM, kh.NUM_CONVS, kh.NORM, kh.DEFORM, kh.COORD)
+    )
+    return {
+        "encoder": encoder,
+        "position_head": position_head,
+        "kernel_head": kernel_head,
+        "thing_generator": KernelEmbedding(kh.CONVS_DIM, enc.CONVS_DIM),
+        "stuff_generator": KernelEmbedding(kh.CONVS_DIM, enc.CONVS_DIM),
+    }
+
+
+def _inference_params(p: CfgNode) -> dict[str, Any]:
+    """Thresholds and caps of inference, from ``MODEL.PANOPTIC_FCN``."""
+    th, st, inf = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF, p.INFERENCE
+    return {
+        "thing_thres": th.THRES,
+        "stuff_thres": st.THRES,
+        "top_num": th.TOP_NUM,
+        "level_top_num": th.LEVEL_TOP_NUM,
+        "peak_smooth_sizes": list(th.PEAK_SMOOTH_SIZES),
+        "peak_pool_size": th.PEAK_POOL_SIZE,
+        "mask_thres": inf.INST_THRES,
+        "similar_thres": inf.SIMILAR_THRES,
+        "class_specific": inf.CLASS_SPECIFIC,
+        "score_floor": inf.SCORE_FLOOR,
+        "combine": inf.COMBINE.ENABLE,
+        "overlap_thresh": inf.COMBINE.OVERLAP_THRESH,
+        "stuff_area_limit": inf.COMBINE.STUFF_AREA_LIMIT,
+        "inst_thresh": inf.COMBINE.INST_THRESH,
+    }
 
 
 @dataclass
@@ -70,8 +145,8 @@ class PanopticFCN(nn.Module):
         pixel_std: list[float],
         ignore_value: int,
         with_thing: bool,
-        target_params: dict[str, Any],
-        loss_params: dict[str, Any],
+        target_settings: TargetSettings,
+        loss_settings: LossSettings,
         inference_params: dict[str, Any],
     ):
         """
@@ -82,9 +157,9 @@ class PanopticFCN(nn.Module):
             pixel_mean, pixel_std: per-channel normalisation, in the model's input order.
             ignore_value: void label of ``sem_seg`` targets.
             with_thing: stuff channel 0 is the merged "things" class (sem_seg "things_as_one").
-            target_params: keyword arguments of :func:`targets.build_targets` (settings only).
-            loss_params: keyword arguments of :func:`losses.panoptic_fcn_losses` (settings only).
-            inference_params: thresholds and caps, see ``from_config``.
+            target_settings: settings of :func:`targets.build_targets`.
+            loss_settings: settings of :func:`losses.panoptic_fcn_losses`.
+            inference_params: thresholds and caps, see ``_inference_params``.
         """
         super().__init__()
         self.backbone = backbone
@@ -96,8 +171,8 @@ class PanopticFCN(nn.Module):
         self.head_in_features = head_in_features
         self.ignore_value = ignore_value
         self.with_thing = with_thing
-        self.target_params = target_params
-        self.loss_params = loss_params
+        self.target_settings = target_settings
+        self.loss_settings = loss_settings
         self.inference_params = inference_params
         smooth = inference_params["peak_smooth_sizes"]
         if len(smooth) != len(head_in_features):
@@ -105,7 +180,7 @@ class PanopticFCN(nn.Module):
                 "MODEL.PANOPTIC_FCN.POSITION_HEAD.THING.PEAK_SMOOTH_SIZES has "
                 f"{len(smooth)} entries but HEAD_IN_FEATURES has {len(head_in_features)} levels"
             )
-        scales = target_params["instance_scales"]
+        scales = target_settings.instance_scales
         if len(scales) != len(head_in_features):
             raise ValueError(
                 f"MODEL.PANOPTIC_FCN.KERNEL_HEAD.INSTANCE_SCALES has {len(scales)} ranges but "
@@ -115,98 +190,20 @@ class PanopticFCN(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
-    def from_config(cls, cfg) -> dict[str, Any]:
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
         backbone = build_backbone(cfg)
-        shapes = backbone.output_shape()
         p = cfg.MODEL.PANOPTIC_FCN
-        missing = [
-            f
-            for f in list(p.SEMANTIC_FPN.IN_FEATURES) + list(p.HEAD_IN_FEATURES)
-            if f not in shapes
-        ]
-        if missing:
-            raise ValueError(
-                f"MODEL.PANOPTIC_FCN.*IN_FEATURES name {missing}, which backbone "
-                f"{cfg.MODEL.BACKBONE.NAME} does not output (it gives {sorted(shapes)})"
-            )
-        head_channels = {shapes[f].channels for f in p.HEAD_IN_FEATURES}
-        if len(head_channels) != 1:
-            raise ValueError(
-                f"MODEL.PANOPTIC_FCN.HEAD_IN_FEATURES levels have different widths {head_channels}"
-            )
-        in_ch = head_channels.pop()
-        th, st, kh, fe = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF, p.KERNEL_HEAD, p
-        encoder = FeatureEncoder(
-            {f: shapes[f] for f in p.SEMANTIC_FPN.IN_FEATURES},
-            fpn_dim=p.SEMANTIC_FPN.CONVS_DIM,
-            fpn_norm=p.SEMANTIC_FPN.NORM,
-            common_stride=p.SEMANTIC_FPN.COMMON_STRIDE,
-            out_dim=fe.FEATURE_ENCODER.CONVS_DIM,
-            num_convs=fe.FEATURE_ENCODER.NUM_CONVS,
-            norm=fe.FEATURE_ENCODER.NORM,
-            deform=fe.FEATURE_ENCODER.DEFORM,
-            coord=fe.FEATURE_ENCODER.COORD,
-        )
-        pos = p.POSITION_HEAD
-        position_head = PositionHead(
-            ConvTower(in_ch, pos.CONVS_DIM, pos.NUM_CONVS, pos.NORM, pos.DEFORM, pos.COORD),
-            num_thing_classes=th.NUM_CLASSES,
-            num_stuff_classes=st.NUM_CLASSES,
-            bias_value=th.BIAS_VALUE,
-        )
-        kernel_head = KernelHead(
-            ConvTower(in_ch, kh.CONVS_DIM, kh.NUM_CONVS, kh.NORM, kh.DEFORM, kh.COORD)
-        )
-        emb = fe.FEATURE_ENCODER.CONVS_DIM
-        inf = p.INFERENCE
         return {
             "backbone": backbone,
-            "encoder": encoder,
-            "position_head": position_head,
-            "kernel_head": kernel_head,
-            "thing_generator": KernelEmbedding(kh.CONVS_DIM, emb),
-            "stuff_generator": KernelEmbedding(kh.CONVS_DIM, emb),
+            **_build_heads(cfg, backbone.output_shape()),
             "head_in_features": list(p.HEAD_IN_FEATURES),
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": list(cfg.MODEL.PIXEL_STD),
             "ignore_value": p.IGNORE_VALUE,
-            "with_thing": st.WITH_THING,
-            "target_params": {
-                "num_thing_classes": th.NUM_CLASSES,
-                "num_stuff_classes": st.NUM_CLASSES,
-                "stuff_label_offset": 0 if st.WITH_THING else 1,
-                "common_stride": p.SEMANTIC_FPN.COMMON_STRIDE,
-                "instance_scales": [list(s) for s in kh.INSTANCE_SCALES],
-                "center_type": th.CENTER_TYPE,
-                "min_overlap": th.MIN_OVERLAP,
-                "sigma_factor": th.GAUSSIAN_SIGMA,
-                "guidance_thres": th.GUIDANCE_THRES,
-                "stuff_gt_thres": st.GT_THRES,
-            },
-            "loss_params": {
-                "pos_num": th.POS_NUM,
-                "detach_guidance": th.DETACH_GUIDANCE,
-                "focal_alpha": p.LOSS.FOCAL_ALPHA,
-                "focal_gamma": p.LOSS.FOCAL_GAMMA,
-                "position_weight": p.LOSS.POSITION_WEIGHT,
-                "segment_weight": p.LOSS.SEGMENT_WEIGHT,
-            },
-            "inference_params": {
-                "thing_thres": th.THRES,
-                "stuff_thres": st.THRES,
-                "top_num": th.TOP_NUM,
-                "level_top_num": th.LEVEL_TOP_NUM,
-                "peak_smooth_sizes": list(th.PEAK_SMOOTH_SIZES),
-                "peak_pool_size": th.PEAK_POOL_SIZE,
-                "mask_thres": inf.INST_THRES,
-                "similar_thres": inf.SIMILAR_THRES,
-                "class_specific": inf.CLASS_SPECIFIC,
-                "score_floor": inf.SCORE_FLOOR,
-                "combine": inf.COMBINE.ENABLE,
-                "overlap_thresh": inf.COMBINE.OVERLAP_THRESH,
-                "stuff_area_limit": inf.COMBINE.STUFF_AREA_LIMIT,
-                "inst_thresh": inf.COMBINE.INST_THRESH,
-            },
+            "with_thing": p.POSITION_HEAD.STUFF.WITH_THING,
+            "target_settings": TargetSettings.from_config(cfg),
+            "loss_settings": LossSettings.from_config(cfg),
+            "inference_params": _inference_params(p),
         }
 
     @property
@@ -261,8 +258,8 @@ class PanopticFCN(nn.Module):
             targets = build_targets(
                 gt,
                 [tuple(c.shape[-2:]) for c in outputs.center_logits],
-                num_images=len(batched_inputs),
-                **self.target_params,
+                len(batched_inputs),
+                self.target_settings,
             )
         return panoptic_fcn_losses(
             outputs.center_logits,
@@ -272,7 +269,7 @@ class PanopticFCN(nn.Module):
             targets,
             self.thing_generator,
             self.stuff_generator,
-            **self.loss_params,
+            self.loss_settings,
         )
 
     @torch.no_grad()

@@ -6,14 +6,20 @@ per-level soft region targets. All objects of the batch are handled as one flat 
 with a batch index); the only Python loop is over head levels.
 """
 
+import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode
 from detectron2.structures import Instances
 
 __all__ = [
+    "BatchGroundTruth",
+    "CenterType",
     "PanopticFCNTargets",
+    "TargetSettings",
     "exact_bilinear_downsample",
     "collate_ground_truth",
     "gaussian_radius",
@@ -21,6 +27,71 @@ __all__ = [
     "stuff_soft_maps",
     "build_targets",
 ]
+
+
+class CenterType(str, enum.Enum):
+    """Where an object's center is (``POSITION_HEAD.THING.CENTER_TYPE``)."""
+
+    MASS = "mass"  # mean of the mask's pixel coordinates
+    BOX = "box"  # center of the box
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """The ``MODEL.PANOPTIC_FCN`` settings of the training targets (see its config comments)."""
+
+    num_thing_classes: int
+    num_stuff_classes: int
+    stuff_label_offset: int  # sem_seg label of stuff channel 0 (1 when "things" is no channel)
+    common_stride: int
+    instance_scales: Sequence[Sequence[float]]  # (lo, hi) sqrt(box area) range per head level
+    center_type: CenterType
+    min_overlap: float
+    sigma_factor: float
+    guidance_thres: float
+    stuff_gt_thres: float
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "center_type", CenterType(self.center_type))
+        except ValueError:
+            raise ValueError(
+                f"MODEL.PANOPTIC_FCN.POSITION_HEAD.THING.CENTER_TYPE={self.center_type!r}; "
+                f"expected one of {[c.value for c in CenterType]}"
+            ) from None
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> "TargetSettings":
+        p = cfg.MODEL.PANOPTIC_FCN
+        thing, stuff = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF
+        return cls(
+            num_thing_classes=thing.NUM_CLASSES,
+            num_stuff_classes=stuff.NUM_CLASSES,
+            stuff_label_offset=0 if stuff.WITH_THING else 1,
+            common_stride=p.SEMANTIC_FPN.COMMON_STRIDE,
+            instance_scales=tuple(tuple(s) for s in p.KERNEL_HEAD.INSTANCE_SCALES),
+            center_type=thing.CENTER_TYPE,
+            min_overlap=thing.MIN_OVERLAP,
+            sigma_factor=thing.GAUSSIAN_SIGMA,
+            guidance_thres=thing.GUIDANCE_THRES,
+            stuff_gt_thres=stuff.GT_THRES,
+        )
+
+
+@dataclass
+class BatchGroundTruth:
+    """Ground truth of a batch on its padded canvas (Hp, Wp), objects of all images flattened.
+
+    Attributes:
+        masks: (M, Hp, Wp) bool; boxes: (M, 4) float XYXY; classes: (M,) int64 thing class;
+        batch: (M,) int64 image index; sem_seg: (N, Hp, Wp) int64 (padding = ignore value).
+    """
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    classes: torch.Tensor
+    batch: torch.Tensor
+    sem_seg: torch.Tensor
 
 
 @dataclass
@@ -90,7 +161,7 @@ def collate_ground_truth(
     padded_size: tuple[int, int],
     ignore_value: int,
     device: torch.device,
-) -> dict[str, torch.Tensor]:
+) -> BatchGroundTruth:
     """Pad per-image ground truth to the batch canvas and flatten the objects of all images.
 
     Args:
@@ -99,8 +170,7 @@ def collate_ground_truth(
         sem_segs: per image (h, w) int64 labels or ``None`` (all void).
         padded_size: (Hp, Wp) of the batched images (bottom/right padding).
     Returns:
-        dict with "masks" (M, Hp, Wp) bool, "boxes" (M, 4) float, "classes" (M,) int64,
-        "batch" (M,) int64 and "sem_seg" (N, Hp, Wp) int64 (padding = ``ignore_value``).
+        the batch's ground truth, ``sem_seg`` padded with ``ignore_value``.
     """
     hp, wp = padded_size
     masks, boxes, classes, batch = [], [], [], []
@@ -117,20 +187,16 @@ def collate_ground_truth(
         if s is not None:
             sem[i, : s.shape[-2], : s.shape[-1]] = s.to(device)
     if not masks:
-        return {
-            "masks": torch.zeros((0, hp, wp), dtype=torch.bool, device=device),
-            "boxes": torch.zeros((0, 4), device=device),
-            "classes": torch.zeros((0,), dtype=torch.int64, device=device),
-            "batch": torch.zeros((0,), dtype=torch.int64, device=device),
-            "sem_seg": sem,
-        }
-    return {
-        "masks": torch.cat(masks),
-        "boxes": torch.cat(boxes),
-        "classes": torch.cat(classes),
-        "batch": torch.cat(batch),
-        "sem_seg": sem,
-    }
+        return BatchGroundTruth(
+            masks=torch.zeros((0, hp, wp), dtype=torch.bool, device=device),
+            boxes=torch.zeros((0, 4), device=device),
+            classes=torch.zeros((0,), dtype=torch.int64, device=device),
+            batch=torch.zeros((0,), dtype=torch.int64, device=device),
+            sem_seg=sem,
+        )
+    return BatchGroundTruth(
+        torch.cat(masks), torch.cat(boxes), torch.cat(classes), torch.cat(batch), sem
+    )
 
 
 def gaussian_radius(h: torch.Tensor, w: torch.Tensor, min_overlap: float) -> torch.Tensor:
@@ -208,93 +274,100 @@ def stuff_soft_maps(
     return exact_bilinear_downsample(onehot.permute(0, 3, 1, 2), factor)
 
 
+def _thing_centers(
+    support: torch.Tensor, count: torch.Tensor, boxes: torch.Tensor, settings: TargetSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M,) x and (M,) y centers in stride-s pixels, by ``settings.center_type``.
+
+    Args:
+        support: (M, Hf, Wf) bool stride-s mask support; count: (M,) float its pixel counts.
+    """
+    if settings.center_type == CenterType.MASS:
+        hf, wf = support.shape[-2:]
+        ys = torch.arange(hf, device=support.device, dtype=torch.float32)
+        xs = torch.arange(wf, device=support.device, dtype=torch.float32)
+        cx = (support.sum(1).float() * xs).sum(1) / count.clamp(min=1)
+        cy = (support.sum(2).float() * ys).sum(1) / count.clamp(min=1)
+        return cx, cy
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2 / settings.common_stride
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 / settings.common_stride
+    return cx, cy
+
+
+def _stuff_level_scores(
+    stuff: torch.Tensor, level_sizes: list[tuple[int, int]], gt_thres: float
+) -> list[torch.Tensor]:
+    """L x (N, S, H_l, W_l): the stride-s stuff maps resized to each level, zero below
+    ``gt_thres``."""
+    scores = []
+    for h_l, w_l in level_sizes:
+        s = F.interpolate(stuff, (h_l, w_l), mode="bilinear", align_corners=False).clamp(max=1)
+        scores.append(torch.where(s < gt_thres, torch.zeros_like(s), s))
+    return scores
+
+
 def build_targets(
-    gt: dict[str, torch.Tensor],
+    gt: BatchGroundTruth,
     level_sizes: list[tuple[int, int]],
-    *,
     num_images: int,
-    num_thing_classes: int,
-    num_stuff_classes: int,
-    stuff_label_offset: int,
-    common_stride: int,
-    instance_scales: list[list[float]],
-    center_type: str,
-    min_overlap: float,
-    sigma_factor: float,
-    guidance_thres: float,
-    stuff_gt_thres: float,
+    settings: TargetSettings,
 ) -> PanopticFCNTargets:
     """All Panoptic FCN training targets of a batch (see :class:`PanopticFCNTargets`).
 
     Args:
         gt: output of :func:`collate_ground_truth`.
         level_sizes: (H_l, W_l) of each head level.
-        Other arguments: the ``MODEL.PANOPTIC_FCN`` settings of the same names.
+        num_images: N.
+        settings: the target settings of ``MODEL.PANOPTIC_FCN``.
     """
-    masks = gt["masks"]
-    hp, wp = gt["sem_seg"].shape[-2:]
-    device = gt["sem_seg"].device
-    hf, wf = hp // common_stride, wp // common_stride
-    soft = exact_bilinear_downsample(masks, common_stride)  # (M, Hf, Wf)
+    hp, wp = gt.sem_seg.shape[-2:]
+    device = gt.sem_seg.device
+    stride, num_classes = settings.common_stride, settings.num_thing_classes
+    hf, wf = hp // stride, wp // stride
+    soft = exact_bilinear_downsample(gt.masks, stride)  # (M, Hf, Wf)
     support = soft > 0
     count = support.sum((1, 2)).float()
-    boxes = gt["boxes"]
-    if center_type == "mass":
-        ys = torch.arange(hf, device=device, dtype=torch.float32)
-        xs = torch.arange(wf, device=device, dtype=torch.float32)
-        cx = (support.sum(1).float() * xs).sum(1) / count.clamp(min=1)
-        cy = (support.sum(2).float() * ys).sum(1) / count.clamp(min=1)
-    elif center_type == "box":
-        cx = (boxes[:, 0] + boxes[:, 2]) / 2 / common_stride
-        cy = (boxes[:, 1] + boxes[:, 3]) / 2 / common_stride
-    else:
-        raise ValueError(
-            f"MODEL.PANOPTIC_FCN.POSITION_HEAD.THING.CENTER_TYPE={center_type!r}; "
-            "expected 'mass' or 'box'"
-        )
+    cx, cy = _thing_centers(support, count, gt.boxes, settings)
     # An object whose mask vanishes at stride s has no center: it is not trained.
     nonempty = count > 0
-    bw = (boxes[:, 2] - boxes[:, 0]).clamp(min=0)
-    bh = (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    bw = (gt.boxes[:, 2] - gt.boxes[:, 0]).clamp(min=0)
+    bh = (gt.boxes[:, 3] - gt.boxes[:, 1]).clamp(min=0)
     scale = torch.sqrt(bw * bh)
-    channel = gt["batch"] * num_thing_classes + gt["classes"]
+    channel = gt.batch * num_classes + gt.classes
 
     heatmaps, levels = [], []
     num_pairs = 0
-    for (h_l, w_l), (lo, hi) in zip(level_sizes, instance_scales):
+    for (h_l, w_l), (lo, hi) in zip(level_sizes, settings.instance_scales):
         obj = torch.nonzero(nonempty & (scale >= lo) & (scale <= hi)).flatten()
         num_pairs += len(obj)
         x = (cx[obj] * w_l / wf).long().clamp(0, w_l - 1)
         y = (cy[obj] * h_l / hf).long().clamp(0, h_l - 1)
-        radius = gaussian_radius(bh[obj] * h_l / hp, bw[obj] * w_l / wp, min_overlap)
+        radius = gaussian_radius(bh[obj] * h_l / hp, bw[obj] * w_l / wp, settings.min_overlap)
         heat = draw_center_heatmaps(
             torch.stack([x, y], 1),
             radius,
             channel[obj],
-            num_images * num_thing_classes,
+            num_images * num_classes,
             (h_l, w_l),
-            sigma_factor,
+            settings.sigma_factor,
         )
-        heatmaps.append(heat.view(num_images, num_thing_classes, h_l, w_l))
+        heatmaps.append(heat.view(num_images, num_classes, h_l, w_l))
         if len(obj):
             lvl = F.interpolate(soft[obj, None], (h_l, w_l), mode="bilinear", align_corners=False)
-            guide = lvl.flatten(1) > guidance_thres
+            guide = lvl.flatten(1) > settings.guidance_thres
         else:
             guide = torch.zeros((0, h_l * w_l), dtype=torch.bool, device=device)
         levels.append(LevelThingTargets(obj=obj, guide=guide))
 
-    stuff = stuff_soft_maps(gt["sem_seg"], num_stuff_classes, stuff_label_offset, common_stride)
-    stuff_scores = []
-    for h_l, w_l in level_sizes:
-        s = F.interpolate(stuff, (h_l, w_l), mode="bilinear", align_corners=False).clamp(max=1)
-        stuff_scores.append(torch.where(s < stuff_gt_thres, torch.zeros_like(s), s))
-
+    stuff = stuff_soft_maps(
+        gt.sem_seg, settings.num_stuff_classes, settings.stuff_label_offset, stride
+    )
     return PanopticFCNTargets(
         center_heatmaps=heatmaps,
-        stuff_scores=stuff_scores,
+        stuff_scores=_stuff_level_scores(stuff, level_sizes, settings.stuff_gt_thres),
         thing_masks=soft.flatten(1),
-        thing_batch=gt["batch"],
-        thing_classes=gt["classes"],
+        thing_batch=gt.batch,
+        thing_classes=gt.classes,
         levels=levels,
         stuff_masks=stuff.flatten(2),
         num_thing_pairs=num_pairs,

@@ -6,12 +6,16 @@ from detectron2.structures import BitMasks, Boxes, Instances
 
 from panoptic_ext.modeling.panoptic_fcn.heads import KernelEmbedding
 from panoptic_ext.modeling.panoptic_fcn.inference import combine_panoptic, fuse_thing_kernels
-from panoptic_ext.modeling.panoptic_fcn.losses import dice_loss, panoptic_fcn_losses
-from panoptic_ext.modeling.panoptic_fcn.targets import build_targets, collate_ground_truth
+from panoptic_ext.modeling.panoptic_fcn.losses import LossSettings, dice_loss, panoptic_fcn_losses
+from panoptic_ext.modeling.panoptic_fcn.targets import (
+    TargetSettings,
+    build_targets,
+    collate_ground_truth,
+)
 
 # P3..P6 of a 64x64 canvas: the last two levels have fewer pixels than POS_NUM = 7.
 LEVELS = [(8, 8), (4, 4), (2, 2), (1, 1)]
-TARGET_PARAMS = dict(
+TARGET_SETTINGS = TargetSettings(
     num_thing_classes=3,
     num_stuff_classes=4,
     stuff_label_offset=0,
@@ -23,7 +27,7 @@ TARGET_PARAMS = dict(
     guidance_thres=0.1,
     stuff_gt_thres=0.5,
 )
-LOSS_PARAMS = dict(
+LOSS_SETTINGS = LossSettings(
     pos_num=7,
     detach_guidance=False,
     focal_alpha=0.25,
@@ -49,14 +53,14 @@ def _losses(instances, sem_segs):
     torch.manual_seed(0)
     n = len(instances)
     gt = collate_ground_truth(instances, sem_segs, (64, 64), 255, torch.device("cpu"))
-    targets = build_targets(gt, LEVELS, num_images=n, **TARGET_PARAMS)
+    targets = build_targets(gt, LEVELS, n, TARGET_SETTINGS)
     centers = [torch.randn(n, 3, h, w, requires_grad=True) for h, w in LEVELS]
     regions = [torch.randn(n, 4, h, w, requires_grad=True) for h, w in LEVELS]
     kernels = [torch.randn(n, D, h, w, requires_grad=True) for h, w in LEVELS]
     feat = torch.rand(n, E, 16, 16, requires_grad=True)
     thing, stuff = KernelEmbedding(D, E), KernelEmbedding(D, E)
     losses = panoptic_fcn_losses(
-        centers, regions, kernels, feat, targets, thing, stuff, **LOSS_PARAMS
+        centers, regions, kernels, feat, targets, thing, stuff, LOSS_SETTINGS
     )
     sum(losses.values()).backward()
     return losses, centers, kernels, thing

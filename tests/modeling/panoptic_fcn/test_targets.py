@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from panoptic_ext.modeling.panoptic_fcn.targets import (
+    TargetSettings,
     build_targets,
     collate_ground_truth,
     exact_bilinear_downsample,
@@ -16,7 +17,7 @@ from panoptic_ext.modeling.panoptic_fcn.targets import (
 )
 
 LEVELS = [(8, 8), (4, 4), (2, 2)]  # P3..P5 of a 64x64 canvas
-PARAMS = dict(
+SETTINGS = TargetSettings(
     num_thing_classes=3,
     num_stuff_classes=4,
     stuff_label_offset=0,
@@ -75,7 +76,7 @@ def test_thing_targets_center_radius_and_levels():
     # (overlapping ranges); image 1 has no things.
     inst0 = _instances([(16, 8, 48, 24), (4, 32, 32, 60)], [2, 0])
     gt = collate_ground_truth([inst0, None], [None, None], (64, 64), 255, torch.device("cpu"))
-    t = build_targets(gt, LEVELS, num_images=2, **PARAMS)
+    t = build_targets(gt, LEVELS, 2, SETTINGS)
 
     assert t.levels[0].obj.tolist() == [0, 1]
     assert t.levels[1].obj.tolist() == [1]
@@ -110,7 +111,7 @@ def test_object_lost_at_stride_is_not_trained():
     # A 1-pixel object at a position no stride-4 sample sees has no center: no NaN, no target.
     inst = _instances([(0, 0, 1, 1)], [1])
     gt = collate_ground_truth([inst], [None], (64, 64), 255, torch.device("cpu"))
-    t = build_targets(gt, LEVELS, num_images=1, **PARAMS)
+    t = build_targets(gt, LEVELS, 1, SETTINGS)
     assert t.num_thing_pairs == 0
     assert all(torch.isfinite(h).all() and h.sum() == 0 for h in t.center_heatmaps)
 
@@ -130,8 +131,8 @@ def test_stuff_soft_maps_and_level_targets():
     assert torch.equal(stuff_soft_maps(sem, 3, 1, 4)[0, 0], soft[0, 1])
 
     gt = collate_ground_truth([None], [sem[0, :50, :50]], (64, 64), 255, torch.device("cpu"))
-    assert gt["sem_seg"][0, 50:].eq(255).all()
-    t = build_targets(gt, LEVELS, num_images=1, **PARAMS)
+    assert gt.sem_seg[0, 50:].eq(255).all()
+    t = build_targets(gt, LEVELS, 1, SETTINGS)
     for scores in t.stuff_scores:
         nz = scores[scores > 0]
         assert nz.min() >= 0.5 and nz.max() <= 1.0
@@ -139,3 +140,17 @@ def test_stuff_soft_maps_and_level_targets():
     assert t.stuff_scores[0][0, 1, 7:].eq(0).all()
     assert t.stuff_scores[0][0, 3].sum() == 0
     assert t.stuff_masks.shape == (1, 4, 256)
+
+
+def test_settings_come_from_the_config_and_name_a_bad_center_type():
+    from dataclasses import replace
+
+    from helpers import load_cfg
+
+    cfg = load_cfg("quick_schedules/panoptic_fcn_synthetic.yaml")
+    settings = TargetSettings.from_config(cfg)
+    assert settings.num_thing_classes == 3 and settings.num_stuff_classes == 4
+    assert settings.common_stride == 2 and settings.stuff_label_offset == 0
+    assert settings.center_type == "mass" and len(settings.instance_scales) == 5
+    with pytest.raises(ValueError, match="POSITION_HEAD.THING.CENTER_TYPE='corner'"):
+        replace(SETTINGS, center_type="corner")
