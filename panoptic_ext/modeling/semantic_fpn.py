@@ -1,4 +1,5 @@
-"""``SemanticFPNHead``: the semantic branch of Panoptic FPN (Kirillov et al. 2019).
+"""``SemanticFPNHead``: the semantic branch of Panoptic FPN (Kirillov et al. 2019), a subclass
+of detectron2's ``SemSegFPNHead`` that adds the options of ``MODEL.SEMANTIC_FPN``.
 
 Per FPN level a stack of [3x3 conv + norm + ReLU + 2x upsample] brings the feature to the common
 stride (1/4); the levels are summed, a 1x1 conv predicts the classes and the logits are upsampled
@@ -10,7 +11,6 @@ one per coarse level (bilinear upsampling is linear, so the sum can be upsampled
 of the head's FLOPs are 3x3 convs at 1/4 resolution, and the separable form needs ~8x fewer.
 """
 
-import math
 from typing import Any
 
 import fvcore.nn.weight_init as weight_init
@@ -19,11 +19,15 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from torch import nn
 
 from ..utils.config_keys import add_keys
 
-__all__ = ["SemanticFPNHead", "add_semantic_fpn_config"]
+__all__ = ["CONV_TYPES", "SemanticFPNHead", "add_semantic_fpn_config"]
+
+# MODEL.SEMANTIC_FPN.CONV_TYPE values.
+CONV_TYPES = ("standard", "separable")
 
 
 def add_semantic_fpn_config(cfg: CfgNode) -> None:
@@ -44,53 +48,34 @@ def add_semantic_fpn_config(cfg: CfgNode) -> None:
     )
 
 
+def _align_corners(mode: str) -> bool | None:
+    # F.interpolate takes align_corners only for the interpolating modes.
+    return None if mode == "nearest" else False
+
+
 def _interpolate(x: torch.Tensor, scale: int, mode: str) -> torch.Tensor:
-    if mode == "nearest":
-        return F.interpolate(x, scale_factor=scale, mode="nearest")
-    return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=False)
+    return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=_align_corners(mode))
 
 
-class _Upsample(nn.Module):
-    """2x upsampling as a parameter-free module (keeps detectron2's Sequential indices)."""
-
-    def __init__(self, mode: str):
-        super().__init__()
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _interpolate(x, 2, self.mode)
-
-
-def _conv_block(in_ch: int, out_ch: int, norm: str, conv_type: str) -> nn.Module:
-    """3x3 conv + norm + ReLU, standard or depthwise-separable."""
-    if conv_type == "standard":
-        conv = Conv2d(
-            in_ch,
-            out_ch,
-            3,
-            padding=1,
-            bias=not norm,
-            norm=get_norm(norm, out_ch),
-            activation=F.relu,
-        )
-        weight_init.c2_msra_fill(conv)
-        return conv
-    if conv_type == "separable":
-        depthwise = Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False)
-        pointwise = Conv2d(
-            in_ch, out_ch, 1, bias=not norm, norm=get_norm(norm, out_ch), activation=F.relu
-        )
-        weight_init.c2_msra_fill(depthwise)
-        weight_init.c2_msra_fill(pointwise)
-        return nn.Sequential(depthwise, pointwise)
-    raise ValueError(
-        f"MODEL.SEMANTIC_FPN.CONV_TYPE must be 'standard' or 'separable', got {conv_type!r}"
+def _separable_block(in_ch: int, out_ch: int, norm: str) -> nn.Module:
+    """Depthwise 3x3 + pointwise 1x1 (+ norm + ReLU): a 3x3 conv block with ~8x fewer FLOPs."""
+    depthwise = Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False)
+    pointwise = Conv2d(
+        in_ch, out_ch, 1, bias=not norm, norm=get_norm(norm, out_ch), activation=F.relu
     )
+    weight_init.c2_msra_fill(depthwise)
+    weight_init.c2_msra_fill(pointwise)
+    return nn.Sequential(depthwise, pointwise)
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class SemanticFPNHead(nn.Module):
-    """Semantic FPN head.
+class SemanticFPNHead(SemSegFPNHead):
+    """detectron2's ``SemSegFPNHead`` with the options of ``MODEL.SEMANTIC_FPN``.
+
+    The modules are detectron2's (separable convs replace its 3x3 convs in place, the upsampling
+    modules only change mode), so with the defaults a model-zoo ``sem_seg_head.*`` checkpoint
+    loads unchanged and gives the same outputs. What differs: the options, a loss that is 0
+    rather than NaN for a batch whose pixels are all void, and checks that name the bad key.
 
     Inputs: FPN features ``{name: (N, C_l, H/s_l, W/s_l)}`` for ``in_features``.
     Training returns ``(None, {"loss_sem_seg": scalar})`` given targets (N, H, W) int64 at the
@@ -114,80 +99,66 @@ class SemanticFPNHead(nn.Module):
     ):
         """
         Args:
-            input_shape: shapes of the input features, by name.
-            num_classes: number of output classes.
-            conv_dims: channels of the per-level convs.
-            common_stride: stride of the summed feature map (4 in the paper).
-            loss_weight: multiplier of the cross-entropy loss.
-            norm: detectron2 norm name ("GN", "BN", "" ...).
-            ignore_value: target label excluded from the loss.
+            input_shape, num_classes, conv_dims, common_stride, loss_weight, norm, ignore_value:
+                as for ``SemSegFPNHead``.
             conv_type: "standard" or "separable" (see module docstring).
             upsample_mode: "bilinear" (detectron2's) or "nearest".
             fused_upsample: share the last 2x upsampling between levels (see config comment).
         """
-        super().__init__()
-        shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
-        if not shapes:
+        if not input_shape:
             raise ValueError("SemanticFPNHead needs at least one input feature")
-        self.in_features = [name for name, _ in shapes]
-        self.ignore_value = ignore_value
-        self.common_stride = common_stride
-        self.loss_weight = loss_weight
-        self.upsample_mode = upsample_mode
-        self.fused_upsample = fused_upsample
-        self.scale_heads = []
-        for name, shape in shapes:
+        for name, shape in input_shape.items():
             if shape.stride < common_stride:
                 raise ValueError(
                     f"feature {name} has stride {shape.stride} < common stride {common_stride}"
                 )
-            num_steps = max(1, int(math.log2(shape.stride) - math.log2(common_stride)))
-            ops: list[nn.Module] = []
-            for k in range(num_steps):
-                ops.append(
-                    _conv_block(shape.channels if k == 0 else conv_dims, conv_dims, norm, conv_type)
-                )
-                if shape.stride != common_stride:
-                    ops.append(_Upsample(upsample_mode))
-            self.scale_heads.append(nn.Sequential(*ops))
-            self.add_module(name, self.scale_heads[-1])
-        self.predictor = Conv2d(conv_dims, num_classes, kernel_size=1)
-        weight_init.c2_msra_fill(self.predictor)
+        if conv_type not in CONV_TYPES:
+            raise ValueError(
+                f"MODEL.SEMANTIC_FPN.CONV_TYPE must be one of {CONV_TYPES}, got {conv_type!r}"
+            )
+        super().__init__(
+            input_shape,
+            num_classes=num_classes,
+            conv_dims=conv_dims,
+            common_stride=common_stride,
+            loss_weight=loss_weight,
+            norm=norm,
+            ignore_value=ignore_value,
+        )
+        self.upsample_mode = upsample_mode
+        self.fused_upsample = fused_upsample
+        for head in self.scale_heads:
+            for i, op in enumerate(head):
+                if isinstance(op, nn.Upsample):
+                    op.mode, op.align_corners = upsample_mode, _align_corners(upsample_mode)
+                elif conv_type == "separable":
+                    head[i] = _separable_block(op.in_channels, conv_dims, norm)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        head = cfg.MODEL.SEM_SEG_HEAD
-        missing = [f for f in head.IN_FEATURES if f not in input_shape]
+        missing = [f for f in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES if f not in input_shape]
         if missing:
             raise ValueError(
                 f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not backbone outputs "
                 f"{sorted(input_shape)}"
             )
+        options = cfg.MODEL.SEMANTIC_FPN
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
-            "num_classes": head.NUM_CLASSES,
-            "conv_dims": head.CONVS_DIM,
-            "common_stride": head.COMMON_STRIDE,
-            "loss_weight": head.LOSS_WEIGHT,
-            "norm": head.NORM,
-            "ignore_value": head.IGNORE_VALUE,
-            "conv_type": cfg.MODEL.SEMANTIC_FPN.CONV_TYPE,
-            "upsample_mode": cfg.MODEL.SEMANTIC_FPN.UPSAMPLE_MODE,
-            "fused_upsample": cfg.MODEL.SEMANTIC_FPN.FUSED_UPSAMPLE,
+            **super().from_config(cfg, input_shape),
+            "conv_type": options.CONV_TYPE,
+            "upsample_mode": options.UPSAMPLE_MODE,
+            "fused_upsample": options.FUSED_UPSAMPLE,
         }
 
     def layers(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """(N, num_classes, H/common_stride, W/common_stride) logits."""
         if not self.fused_upsample:
-            x = self.scale_heads[0](features[self.in_features[0]])
-            for name, head in zip(self.in_features[1:], self.scale_heads[1:]):
-                x = x + head(features[name])
-            return self.predictor(x)
+            return super().layers(features)
         # Every level coarser than the common stride ends with the same 2x step from
         # 2 * common_stride: sum those levels first, then upsample once.
         fine, coarse = [], []
         for name, head in zip(self.in_features, self.scale_heads):
-            if isinstance(head[-1], _Upsample):
+            if isinstance(head[-1], nn.Upsample):
                 coarse.append(head[:-1](features[name]))
             else:
                 fine.append(head(features[name]))
