@@ -1,6 +1,6 @@
-"""Learning-rate schedules beyond detectron2's (``WarmupPolyLR``)."""
+"""Learning-rate schedules: detectron2's, plus DeepLab's ``WarmupPolyLR`` (checked keys)."""
 
 from .config import add_solver_config
-from .lr_scheduler import WarmupPolyParamScheduler, build_lr_scheduler
+from .lr_scheduler import build_lr_scheduler, check_poly_lr_config
 
-__all__ = ["WarmupPolyParamScheduler", "add_solver_config", "build_lr_scheduler"]
+__all__ = ["add_solver_config", "build_lr_scheduler", "check_poly_lr_config"]

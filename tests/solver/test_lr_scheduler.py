@@ -6,7 +6,6 @@ from detectron2.config import get_cfg
 
 from panoptic_ext import add_panoptic_ext_config
 from panoptic_ext.engine import Trainer
-from panoptic_ext.solver import WarmupPolyParamScheduler
 from panoptic_ext.utils.yaml_config import merge_config_file
 
 
@@ -67,14 +66,21 @@ def test_other_schedules_stay_detectron2s():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "solver, match",
     [
-        ({"warmup_method": "exp"}, "SOLVER.WARMUP_METHOD"),
-        ({"power": -1.0}, "SOLVER.POLY_LR_POWER"),
-        ({"constant_ending": 1.5}, "SOLVER.POLY_LR_CONSTANT_ENDING"),
+        ({"WARMUP_METHOD": "exp"}, "SOLVER.WARMUP_METHOD"),
+        ({"POLY_LR_POWER": -1.0}, "SOLVER.POLY_LR_POWER"),
+        ({"POLY_LR_CONSTANT_ENDING": 1.5}, "SOLVER.POLY_LR_CONSTANT_ENDING"),
     ],
 )
-def test_bad_values_name_the_key(kwargs, match):
-    args = {"power": 0.9, "warmup_factor": 0.001, "warmup_length": 0.1, **kwargs}
+def test_bad_values_name_the_key(solver, match):
     with pytest.raises(ValueError, match=match):
-        WarmupPolyParamScheduler(**args)
+        _lrs(_cfg(MAX_ITER=100, WARMUP_ITERS=10, **solver), 1)
+
+
+def test_it_is_deeplabs_scheduler():
+    from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
+
+    cfg = _cfg(MAX_ITER=100, WARMUP_ITERS=10)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    assert isinstance(Trainer.build_lr_scheduler(cfg, optimizer), WarmupPolyLR)
