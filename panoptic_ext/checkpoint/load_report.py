@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
 from .safe_load import load_checkpoint_file
@@ -54,23 +55,18 @@ def read_d2_checkpoint(path: str) -> dict[str, torch.Tensor]:
 def load_d2_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
     """Load every key of ``state_dict`` whose name and shape match ``model``; report the rest.
 
-    Keys with a different shape (e.g. a box predictor for another number of classes) are skipped,
-    as detectron2's checkpointer does. The model is modified in place.
+    The matching is fvcore's ``Checkpointer`` (what detectron2's checkpointer does): keys with a
+    different shape (e.g. a box predictor for another number of classes) are skipped and a
+    ``module.`` prefix (DDP) is stripped. The model is modified in place.
     """
-    own = model.state_dict()
-    mismatch = [
-        (k, tuple(v.shape), tuple(own[k].shape))
-        for k, v in state_dict.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
+    # fvcore's loading step, without a file: it pops "model" and edits the dict it gets.
+    incompatible = Checkpointer(model)._load_model({"model": dict(state_dict)})
+    mismatch = sorted(incompatible.incorrect_shapes)
     skipped = {k for k, _, _ in mismatch}
-    result = model.load_state_dict(
-        {k: v for k, v in state_dict.items() if k not in skipped}, strict=False
-    )
-    missing = set(result.missing_keys)
+    missing = set(incompatible.missing_keys)
     return LoadReport(
-        loaded=sorted(k for k in own if k not in missing),
+        loaded=sorted(k for k in model.state_dict() if k not in missing),
         new=sorted(missing - skipped),
-        unused=sorted(result.unexpected_keys),
-        shape_mismatch=sorted(mismatch),
+        unused=sorted(incompatible.unexpected_keys),
+        shape_mismatch=mismatch,
     )

@@ -7,8 +7,9 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 
-from ..utils.determinism import derive_seed, get_rng_state, seed_all, set_rng_state
+from ..utils.determinism import derive_seed, get_rng_state, set_rng_state
 
 __all__ = ["ExactResumeHook", "NanGuardHook"]
 
@@ -53,7 +54,7 @@ class ExactResumeHook(HookBase):
 
     def before_step(self):
         if self._deterministic:
-            seed_all(derive_seed(self._seed, comm.get_rank(), self.trainer.iter))
+            seed_all_rng(derive_seed(self._seed, comm.get_rank(), self.trainer.iter))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": get_rng_state()}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 
 from .config_keys import add_keys
 
@@ -19,7 +20,6 @@ __all__ = [
     "derive_seed",
     "enable_deterministic_mode",
     "get_rng_state",
-    "seed_all",
     "seeded_rng",
     "set_rng_state",
 ]
@@ -46,19 +46,14 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
-def seed_all(seed: int) -> None:
-    """Seed Python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 @contextlib.contextmanager
 def seeded_rng(seed: int) -> Iterator[None]:
     """Run a block with ``random``/numpy/torch-CPU seeded from ``seed``; restore them afterwards.
 
     Used per data sample so augmentation depends only on the sample's position in the stream,
-    not on worker count, process or how often training was resumed.
+    not on worker count, process or how often training was resumed. Unlike detectron2's
+    ``seed_all_rng`` it leaves the CUDA generators and the environment alone and restores what
+    it seeded, so the model's own random stream is not reset by every sample.
     """
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
@@ -118,5 +113,5 @@ def enable_deterministic_mode(cfg: CfgNode) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-    seed_all(derive_seed(cfg.SEED, comm.get_rank()))
+    seed_all_rng(derive_seed(cfg.SEED, comm.get_rank()))
     logger.info(f"Deterministic mode on (SEED={cfg.SEED}, rank {comm.get_rank()}).")
