@@ -215,10 +215,9 @@ class PositionalDataset(Dataset):
 class ResumableLoader:
     """Iterable over per-rank batches (lists of mapped dicts) that can start at any iteration."""
 
-    def __init__(self, loader: Any, sampler: ResumableTrainingSampler, dataset: PositionalDataset):
+    def __init__(self, loader: Any, sampler: ResumableTrainingSampler):
         self.loader = loader
         self.sampler = sampler
-        self.dataset = dataset
 
     def set_start_iter(self, start_iter: int) -> None:
         """Skip the batches of iterations ``< start_iter`` (call before iterating)."""
@@ -282,4 +281,4 @@ def build_resumable_train_loader(
         prefetch_factor=2 if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),  # leaves the global torch RNG alone
     )
-    return ResumableLoader(loader, sampler, batches)
+    return ResumableLoader(loader, sampler)

@@ -74,7 +74,6 @@ class FastPanopticEvaluator(DatasetEvaluator):
         }
         self._check_metadata(json_file)
         self._pool: ThreadPoolExecutor | None = None
-        self.last_results: dict[str, Any] | None = None
         self.reset()
 
     def _check_metadata(self, json_file: str) -> None:
@@ -188,7 +187,6 @@ class FastPanopticEvaluator(DatasetEvaluator):
         if num_images < len(self._gt):
             logger.info(f"PQ on {num_images} of the {len(self._gt)} images of {self._dataset_name}")
         pq_res = pq_average(total, self._categories)
-        self.last_results = pq_res
         rows = class_quality(total, self._categories, pq_res["per_class"])
         self._log_tables(pq_res, rows)
         if self._output_dir:

@@ -51,6 +51,7 @@ SYNTHETIC_CATEGORIES = [
 ]
 _DISK, _BOX, _TRIANGLE = 3, 7, 12
 _SKY, _WALL, _GROUND = 9, 21, 30
+_COLORS = {c["id"]: np.array(c["color"], np.float32) for c in SYNTHETIC_CATEGORIES}
 
 
 @dataclass(frozen=True)
@@ -107,27 +108,36 @@ def _shape_mask(
     return (dy <= r) & (dy >= -r) & (np.abs(xx - cx) <= (dy + r) / 2)
 
 
-def _draw_image(rng: np.random.Generator, spec: SyntheticSpec, index: int):
-    """Draw one image. Returns (rgb uint8 (S,S,3), ids int64 (S,S), segments list)."""
-    s = spec.image_size
-    image = np.zeros((s, s, 3), np.float32)
-    ids = np.zeros((s, s), np.int64)
-    segments: list[dict] = []
-    used_ids: set[int] = set()
+class _Canvas:
+    """One image being drawn: RGB floats, segment ids and the ``segments_info`` so far."""
 
-    def new_id() -> int:
+    def __init__(self, rng: np.random.Generator, size: int):
+        self.rng = rng
+        self.size = size
+        self.image = np.zeros((size, size, 3), np.float32)
+        self.ids = np.zeros((size, size), np.int64)
+        self.segments: list[dict] = []
+        self._used: set[int] = set()
+        self.yy, self.xx = np.mgrid[0:size, 0:size].astype(np.float32)
+
+    def label(self, mask: np.ndarray, category: int, iscrowd: int = 0) -> None:
+        """Give the pixels of ``mask`` a new random segment id (drawn last, so it occludes)."""
         while True:
-            seg_id = int(rng.integers(1, 256**3))
-            if seg_id not in used_ids:
-                used_ids.add(seg_id)
-                return seg_id
+            seg_id = int(self.rng.integers(1, 256**3))
+            if seg_id not in self._used:
+                break
+        self._used.add(seg_id)
+        self.ids[mask] = seg_id
+        self.segments.append({"id": seg_id, "category_id": category, "iscrowd": iscrowd})
 
-    # Stuff: wavy bands sky / wall / ground, plus sometimes a wall blob inside the ground.
+
+def _draw_stuff(c: _Canvas) -> None:
+    """Wavy bands sky / wall / ground, plus sometimes a wall blob inside the ground."""
+    rng, s, yy, xx = c.rng, c.size, c.yy, c.xx
     xs = np.arange(s, dtype=np.float32)
     phase, amp = rng.uniform(0, 6.28), rng.uniform(0, s * 0.05)
     h1 = s * rng.uniform(0.2, 0.4) + amp * np.sin(xs / s * 6.28 + phase)
     h2 = s * rng.uniform(0.55, 0.75) + amp * np.cos(xs / s * 6.28 + phase)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     band = np.where(yy < h1[None], _SKY, np.where(yy < h2[None], _WALL, _GROUND))
     if rng.random() < 0.3:  # no wall in this image
         band[band == _WALL] = _SKY
@@ -138,15 +148,13 @@ def _draw_image(rng: np.random.Generator, spec: SyntheticSpec, index: int):
     for cat in (_SKY, _WALL, _GROUND):
         region = band == cat
         if region.any():
-            image[region] = _texture(rng, cat, s, s)[region]
-            seg_id = new_id()
-            ids[region] = seg_id
-            segments.append({"id": seg_id, "category_id": cat, "iscrowd": 0})
+            c.image[region] = _texture(rng, cat, s, s)[region]
+            c.label(region, cat)
 
-    # Things, drawn back to front so later ones occlude earlier ones.
-    colors = {c["id"]: np.array(c["color"], np.float32) for c in SYNTHETIC_CATEGORIES}
-    empty = rng.random() < spec.empty_fraction or index == 0  # image 0 is always thing-free
-    num_things = 0 if empty else int(rng.integers(1, spec.max_things + 1))
+
+def _draw_things(c: _Canvas, spec: SyntheticSpec, num_things: int) -> None:
+    """Things drawn back to front, so later ones occlude earlier ones."""
+    rng, s = c.rng, c.size
     for _ in range(num_things):
         cat = int(rng.choice([_DISK, _BOX, _TRIANGLE]))
         size = float(np.exp(rng.uniform(np.log(8), np.log(s / 2))))
@@ -154,40 +162,51 @@ def _draw_image(rng: np.random.Generator, spec: SyntheticSpec, index: int):
         mask = _shape_mask(rng, cat, int(size), cy, cx, s)
         if not mask.any():
             continue
-        color = np.clip(colors[cat] + rng.uniform(-25, 25, 3), 0, 255)
-        shade = 1.0 - 0.25 * (yy - cy) / max(size, 1.0)  # light from above
-        image[mask] = (color[None] * shade[mask][:, None]) + rng.normal(0, 5, (int(mask.sum()), 3))
-        seg_id = new_id()
-        ids[mask] = seg_id
-        segments.append({"id": seg_id, "category_id": cat, "iscrowd": 0})
+        color = np.clip(_COLORS[cat] + rng.uniform(-25, 25, 3), 0, 255)
+        shade = 1.0 - 0.25 * (c.yy - cy) / max(size, 1.0)  # light from above
+        noise = rng.normal(0, 5, (int(mask.sum()), 3))
+        c.image[mask] = (color[None] * shade[mask][:, None]) + noise
+        c.label(mask, cat)
 
-    # A crowd: a tight cluster of small disks annotated as one segment.
+
+def _draw_crowd(c: _Canvas) -> None:
+    """A tight cluster of small disks annotated as one crowd segment."""
+    rng, s, yy, xx = c.rng, c.size, c.yy, c.xx
+    cy, cx = rng.uniform(0.2, 0.8) * s, rng.uniform(0.2, 0.8) * s
+    crowd = np.zeros((s, s), bool)
+    for _ in range(int(rng.integers(4, 9))):
+        oy, ox, r = rng.normal(0, s * 0.05), rng.normal(0, s * 0.05), rng.uniform(2, 4)
+        crowd |= (yy - cy - oy) ** 2 + (xx - cx - ox) ** 2 <= r * r
+    c.image[crowd] = _COLORS[_DISK]
+    c.label(crowd, _DISK, iscrowd=1)
+
+
+def _draw_void(c: _Canvas) -> None:
+    """An unlabeled strip along one border in some images (COCO has void pixels too)."""
+    if c.rng.random() < 0.3:
+        width = int(c.rng.integers(2, max(3, c.size // 16)))
+        c.ids[:, :width] = 0
+        c.image[:, :width] = c.rng.uniform(0, 40, (c.size, width, 1))
+
+
+def _draw_image(rng: np.random.Generator, spec: SyntheticSpec, index: int):
+    """Draw one image. Returns (rgb uint8 (S,S,3), ids int64 (S,S), segments list)."""
+    c = _Canvas(rng, spec.image_size)
+    _draw_stuff(c)
+    empty = rng.random() < spec.empty_fraction or index == 0  # image 0 is always thing-free
+    _draw_things(c, spec, 0 if empty else int(rng.integers(1, spec.max_things + 1)))
     if not empty and rng.random() < spec.crowd_fraction:
-        cy, cx = rng.uniform(0.2, 0.8) * s, rng.uniform(0.2, 0.8) * s
-        crowd = np.zeros((s, s), bool)
-        for _ in range(int(rng.integers(4, 9))):
-            oy, ox, r = rng.normal(0, s * 0.05), rng.normal(0, s * 0.05), rng.uniform(2, 4)
-            crowd |= (yy - cy - oy) ** 2 + (xx - cx - ox) ** 2 <= r * r
-        image[crowd] = colors[_DISK]
-        seg_id = new_id()
-        ids[crowd] = seg_id
-        segments.append({"id": seg_id, "category_id": _DISK, "iscrowd": 1})
-
-    # Void: an unlabeled strip along one border in some images (COCO has void pixels too).
-    if rng.random() < 0.3:
-        width = int(rng.integers(2, max(3, s // 16)))
-        ids[:, :width] = 0
-        image[:, :width] = rng.uniform(0, 40, (s, width, 1))
-
+        _draw_crowd(c)
+    _draw_void(c)
     # Keep segments that still own pixels; fill in area and bbox from the final id map.
-    seg_index = segment_index_map(ids, [seg["id"] for seg in segments], f"image {index}")
-    areas, boxes = segment_boxes(seg_index, len(segments))
+    seg_index = segment_index_map(c.ids, [seg["id"] for seg in c.segments], f"image {index}")
+    areas, boxes = segment_boxes(seg_index, len(c.segments))
     kept = [
         {**seg, "area": area, "bbox": box}
-        for seg, area, box in zip(segments, areas.tolist(), boxes.tolist())
+        for seg, area, box in zip(c.segments, areas.tolist(), boxes.tolist())
         if area
     ]
-    return np.clip(image, 0, 255).astype(np.uint8), ids, kept
+    return np.clip(c.image, 0, 255).astype(np.uint8), c.ids, kept
 
 
 def generate_split(out_dir: str, split: str, spec: SyntheticSpec) -> None:
@@ -300,5 +319,4 @@ def register_synthetic_datasets(
             sem_seg_root=os.path.join(folder, f"panoptic_semseg_{split}"),
             instances_json=os.path.join(folder, f"instances_{split}.json"),
             loader=load,
-            synthetic_spec=spec,
         )
