@@ -11,12 +11,11 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
-from PIL import Image
 
 from ..structures.boxes import masks_to_boxes
-from ..structures.panoptic_ids import rgb_to_id
 from ..structures.sem_seg_format import SemSegFormat
 from .image_io import UnreadableImageError, UnsupportedImageError, read_image
+from .panoptic_io import read_panoptic_png
 from .panoptic_targets import (
     SEM_SEG_FORMATS,
     segment_index_map,
@@ -109,13 +108,10 @@ class PanopticDatasetMapper:
     def _read_panoptic(self, dataset_dict: dict[str, Any]) -> np.ndarray:
         """(H, W) int32 segment-index map (0 = void, k = k-th entry of ``segments_info``)."""
         path = dataset_dict["pan_seg_file_name"]
-        try:
-            with Image.open(path) as f:
-                rgb = np.asarray(f.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise OSError(f"cannot read panoptic PNG {path}: {e}") from e
+        # The reader of the evaluator and the dataset tools (an OSError naming the file).
+        ids = read_panoptic_png(path)
         segments = dataset_dict["segments_info"]
-        return segment_index_map(rgb_to_id(rgb), [s["id"] for s in segments], path)
+        return segment_index_map(ids, [s["id"] for s in segments], path)
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
