@@ -152,19 +152,10 @@ def image_pq_stats(
             f"{image_name}: prediction shape {tuple(pred_ids.shape)} != ground truth "
             f"{tuple(gt_shape)}"
         )
-    num_cats = len(categories)
-    g, p = len(gt_segments), len(pred_segments)
-    gt_seg_ids = np.array([int(s["id"]) for s in gt_segments], dtype=np.int64)
-    pred_seg_ids = np.array([int(s["id"]) for s in pred_segments], dtype=np.int64)
-    if len(np.unique(pred_seg_ids)) != p:
-        raise ValueError(f"{image_name}: duplicated predicted segment ids {pred_seg_ids.tolist()}")
-    gt_cat = categories.lookup(s["category_id"] for s in gt_segments)
-    pred_cat = categories.lookup(s["category_id"] for s in pred_segments)
-    if (pred_cat == num_cats).any():
-        bad = sorted(
-            {int(s["category_id"]) for s, c in zip(pred_segments, pred_cat) if c == num_cats}
-        )
-        raise ValueError(f"{image_name}: predicted category ids {bad} are not in the categories")
+    num_cats, g = len(categories), len(gt_segments)
+    gt_seg_ids, gt_cat, pred_seg_ids, pred_cat = _segment_tables(
+        gt_segments, pred_segments, categories, image_name
+    )
     crowd = np.array([int(s.get("iscrowd", 0)) == 1 for s in gt_segments], dtype=bool)
 
     # Rows: 0 void, 1..g gt segments, g+1 ids without a gt segment; columns: 0 void, 1..p preds.
@@ -183,36 +174,95 @@ def image_pq_stats(
         [s["area"] if "area" in s else png_gt_area[i] for i, s in enumerate(gt_segments)],
         dtype=np.int64,
     )
-    inter = conf[1 : g + 1, 1:]  # (g, p)
-    pred_void = conf[0, 1:]  # (p,)
-
+    pairs = _PairCounts(conf[1 : g + 1, 1:], conf[0, 1:], pred_area, gt_area)
     stats = PQStats.zeros(num_cats + 1)  # last slot collects gt categories absent from the table
+    match = _add_matches(stats, pairs, gt_cat, pred_cat, crowd)
+    _add_false_positives(stats, pairs, match, gt_cat, pred_cat, crowd)
+    return PQStats(
+        stats.iou[:num_cats], stats.tp[:num_cats], stats.fp[:num_cats], stats.fn[:num_cats]
+    )
+
+
+def _segment_tables(
+    gt_segments: Sequence[dict[str, Any]],
+    pred_segments: Sequence[dict[str, Any]],
+    categories: PQCategories,
+    image_name: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(G,) ground-truth ids and category positions, (P,) predicted ids and category positions.
+
+    Raises:
+        ValueError: a predicted id repeats, or a predicted category is not in ``categories``.
+    """
+    num_cats, p = len(categories), len(pred_segments)
+    gt_seg_ids = np.array([int(s["id"]) for s in gt_segments], dtype=np.int64)
+    pred_seg_ids = np.array([int(s["id"]) for s in pred_segments], dtype=np.int64)
+    if len(np.unique(pred_seg_ids)) != p:
+        raise ValueError(f"{image_name}: duplicated predicted segment ids {pred_seg_ids.tolist()}")
+    gt_cat = categories.lookup(s["category_id"] for s in gt_segments)
+    pred_cat = categories.lookup(s["category_id"] for s in pred_segments)
+    if (pred_cat == num_cats).any():
+        bad = sorted(
+            {int(s["category_id"]) for s, c in zip(pred_segments, pred_cat) if c == num_cats}
+        )
+        raise ValueError(f"{image_name}: predicted category ids {bad} are not in the categories")
+    return gt_seg_ids, gt_cat, pred_seg_ids, pred_cat
+
+
+@dataclass
+class _PairCounts:
+    """Pixel counts of one image: ``inter`` (G, P) gt-prediction overlaps, ``pred_void`` (P,)
+    void pixels under each prediction, ``pred_area`` (P,) and ``gt_area`` (G,)."""
+
+    inter: np.ndarray
+    pred_void: np.ndarray
+    pred_area: np.ndarray
+    gt_area: np.ndarray
+
+
+def _add_matches(
+    stats: PQStats, pairs: _PairCounts, gt_cat: np.ndarray, pred_cat: np.ndarray, crowd: np.ndarray
+) -> np.ndarray:
+    """Add true positives (IoU > 0.5, same category, gt not crowd) and false negatives.
+
+    Returns:
+        (G, P) bool matches.
+    """
+    num_slots = len(stats.tp)
+    inter = pairs.inter
     same = (gt_cat[:, None] == pred_cat[None, :]) & ~crowd[:, None] & (inter > 0)
-    union = pred_area[None, :] + gt_area[:, None] - inter - pred_void[None, :]
+    union = pairs.pred_area[None, :] + pairs.gt_area[:, None] - inter - pairs.pred_void[None, :]
     iou = np.divide(inter, union, out=np.zeros(inter.shape), where=same & (union > 0))
     match = same & (iou > MATCH_IOU)
     gm, pm = np.nonzero(match)
-    stats.tp += np.bincount(gt_cat[gm], minlength=num_cats + 1)
-    stats.iou += np.bincount(gt_cat[gm], weights=iou[gm, pm], minlength=num_cats + 1)
-
+    stats.tp += np.bincount(gt_cat[gm], minlength=num_slots)
+    stats.iou += np.bincount(gt_cat[gm], weights=iou[gm, pm], minlength=num_slots)
     gt_matched = match.any(1)
-    stats.fn += np.bincount(gt_cat[~gt_matched & ~crowd], minlength=num_cats + 1)
+    stats.fn += np.bincount(gt_cat[~gt_matched & ~crowd], minlength=num_slots)
+    return match
 
+
+def _add_false_positives(
+    stats: PQStats,
+    pairs: _PairCounts,
+    match: np.ndarray,
+    gt_cat: np.ndarray,
+    pred_cat: np.ndarray,
+    crowd: np.ndarray,
+) -> None:
+    """Add the unmatched predictions that are not mostly void or crowd of their category."""
     # Void pixels under each prediction, plus the crowd region of its category: panopticapi
     # keeps one crowd segment per category (the last one listed).
-    ignored = pred_void.astype(np.float64)
-    if crowd.any() and p:
-        crowd_row = np.full(num_cats + 1, -1, dtype=np.int64)
+    ignored = pairs.pred_void.astype(np.float64)
+    if crowd.any() and len(pred_cat):
+        crowd_row = np.full(len(stats.tp), -1, dtype=np.int64)
         crowd_idx = np.nonzero(crowd)[0]
         crowd_row[gt_cat[crowd_idx]] = crowd_idx  # later entries overwrite earlier ones
         rows = crowd_row[pred_cat]
         has = rows >= 0
-        ignored[has] += inter[rows[has], np.nonzero(has)[0]]
-    fp = ~match.any(0) & ~(ignored / pred_area > IGNORE_FRACTION)
-    stats.fp += np.bincount(pred_cat[fp], minlength=num_cats + 1)
-    return PQStats(
-        stats.iou[:num_cats], stats.tp[:num_cats], stats.fp[:num_cats], stats.fn[:num_cats]
-    )
+        ignored[has] += pairs.inter[rows[has], np.nonzero(has)[0]]
+    fp = ~match.any(0) & ~(ignored / pairs.pred_area > IGNORE_FRACTION)
+    stats.fp += np.bincount(pred_cat[fp], minlength=len(stats.tp))
 
 
 def _confusion(
