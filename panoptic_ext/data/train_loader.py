@@ -28,8 +28,9 @@ from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
+from ..utils.config_keys import config_value
 from ..utils.determinism import derive_seed, seeded_rng
-from ..utils.meta_arch import expected_class_counts
+from ..utils.meta_arch import ROI_HEADS_CLASSES, SEM_SEG_HEAD_CLASSES, expected_class_counts
 
 __all__ = [
     "BadSampleError",
@@ -72,11 +73,14 @@ class CheckedMapper:
         keys = set()
         for name in cfg.DATASETS.TRAIN:
             keys.update(expected_class_counts(cfg, name))
-        sem_key, thing_key = "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "MODEL.ROI_HEADS.NUM_CLASSES"
+
+        def count(key: str) -> int | None:
+            return config_value(cfg, key) if key in keys else None
+
         return cls(
             mapper,
-            num_sem_seg_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if sem_key in keys else None,
-            num_thing_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES if thing_key in keys else None,
+            num_sem_seg_classes=count(SEM_SEG_HEAD_CLASSES),
+            num_thing_classes=count(ROI_HEADS_CLASSES),
             ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         )
 

@@ -19,6 +19,8 @@ from .config_keys import config_value
 
 __all__ = [
     "META_ARCHITECTURES",
+    "ROI_HEADS_CLASSES",
+    "SEM_SEG_HEAD_CLASSES",
     "DatasetClasses",
     "MetaArchInfo",
     "ModelOutput",
@@ -48,19 +50,23 @@ class DatasetClasses:
 
 ClassCountRule = Callable[[CfgNode, DatasetClasses], dict[str, int]]
 
+# The class-count keys of detectron2's heads.
+ROI_HEADS_CLASSES = "MODEL.ROI_HEADS.NUM_CLASSES"
+SEM_SEG_HEAD_CLASSES = "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
+
 
 def roi_heads_counts(cfg: CfgNode, classes: DatasetClasses) -> dict[str, int]:
     """ROI heads predict the thing classes."""
-    return {"MODEL.ROI_HEADS.NUM_CLASSES": classes.num_things}
+    return {ROI_HEADS_CLASSES: classes.num_things}
 
 
 def sem_seg_head_counts(cfg: CfgNode, classes: DatasetClasses) -> dict[str, int]:
     """``SEM_SEG_HEAD`` predicts the labels of ``INPUT.SEM_SEG_FORMAT``."""
     fmt = cfg.INPUT.SEM_SEG_FORMAT
     if fmt == SemSegFormat.THINGS_AS_ONE:
-        return {"MODEL.SEM_SEG_HEAD.NUM_CLASSES": classes.num_stuff + 1}
+        return {SEM_SEG_HEAD_CLASSES: classes.num_stuff + 1}
     if fmt == SemSegFormat.ALL_CLASSES:
-        return {"MODEL.SEM_SEG_HEAD.NUM_CLASSES": classes.num_things + classes.num_stuff}
+        return {SEM_SEG_HEAD_CLASSES: classes.num_things + classes.num_stuff}
     return {}
 
 
