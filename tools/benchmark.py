@@ -39,15 +39,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
+from detectron2.config import CfgNode  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from panoptic_ext import add_panoptic_ext_config  # noqa: E402
-from panoptic_ext.utils.yaml_config import merge_config_file  # noqa: E402
+from panoptic_ext.config import build_cfg  # noqa: E402
 
 
 @dataclass
@@ -78,25 +77,21 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def build_cfg(spec: str, opts: list[str], device: str, keep_score_thresh: bool) -> CfgNode:
+def bench_cfg(spec: str, opts: list[str], device: str, keep_score_thresh: bool) -> CfgNode:
     """Config from ``path[::KEY=VALUE,...]`` plus global ``opts``; random init on ``device``."""
     path, _, local = spec.partition("::")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
-    cfg = get_cfg()
-    add_panoptic_ext_config(cfg)
-    merge_config_file(cfg, path)
-    cfg.merge_from_list(opts)
+    overrides = list(opts)
     for item in filter(None, local.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} in {spec!r} must be KEY=VALUE")
-        cfg.merge_from_list([key, value])
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DEVICE = device
+        overrides += [key, value]
+    overrides += ["MODEL.WEIGHTS", ""]
     if not keep_score_thresh:
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    return cfg
+        overrides += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0]
+    return build_cfg(path, overrides, device=device, freeze=False)
 
 
 def make_inputs(cfg: CfgNode, height: int, width: int, num_images: int, seed: int) -> list[dict]:
@@ -297,7 +292,7 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     height, width = args.input_size
     benches = []
     for spec in args.config_file:
-        cfg = build_cfg(spec, args.opts, args.device, args.keep_score_thresh)
+        cfg = bench_cfg(spec, args.opts, args.device, args.keep_score_thresh)
         torch.manual_seed(args.seed)
         model = build_model(cfg)
         params = [p for p in model.parameters() if p.requires_grad]

@@ -17,12 +17,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead  # noqa: E402
 from fvcore.nn import FlopCountAnalysis  # noqa: E402
 
-from panoptic_ext import add_panoptic_ext_config  # noqa: E402
+from panoptic_ext.config import build_cfg  # noqa: E402
 from panoptic_ext.modeling import SemanticFPNHead  # noqa: E402
 
 VARIANTS = {
@@ -50,9 +49,8 @@ def main() -> None:
     targets = torch.randint(0, args.num_classes, (args.batch_size, h, w), device=args.device)
     heads = {}
     for name, (cls, extra) in VARIANTS.items():
-        cfg = add_panoptic_ext_config(get_cfg())
-        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = args.num_classes
-        cfg.MODEL.SEMANTIC_FPN.update(extra)
+        options = [v for key, value in extra.items() for v in (f"MODEL.SEMANTIC_FPN.{key}", value)]
+        cfg = build_cfg(None, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", args.num_classes, *options])
         heads[name] = cls(cfg, shapes).to(args.device)
     times = {n: {"train": [], "infer": []} for n in heads}
 

@@ -3,7 +3,7 @@
 Models are random-init with every FrozenBatchNorm calibrated on the input batch
 (``benchmark.calibrate_frozen_bn``), so features keep unit scale (no fp16 overflow) and the
 whole pipeline runs: instance and segment counts are reported so that a degenerate run shows.
-R-CNN models use score threshold 0 (``benchmark.build_cfg``): the mask head runs on
+R-CNN models use score threshold 0 (``benchmark.bench_cfg``): the mask head runs on
 ``DETECTIONS_PER_IMAGE`` boxes as a trained model's does. Panoptic FCN's panoptic merge takes
 every instance (``COMBINE.INST_THRESH 0``; random-init scores are below the default 0.2), i.e. the
 merge's largest load, which makes the img/s figures conservative.
@@ -108,7 +108,7 @@ def _throughput_variants(settings: CheckSettings, height: int, width: int) -> di
     merge = ["MODEL.PANOPTIC_FCN.INFERENCE.COMBINE.INST_THRESH", 0.0]
     if settings.tiny:  # the default 4096 px stuff limit is most of a 64x96 image
         merge += ["MODEL.PANOPTIC_FCN.INFERENCE.COMBINE.STUFF_AREA_LIMIT", 16]
-    cfg = benchmark.build_cfg(PANOPTIC_FCN, _opts(settings) + merge, settings.device, False)
+    cfg = benchmark.bench_cfg(PANOPTIC_FCN, _opts(settings) + merge, settings.device, False)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     inputs = benchmark.make_inputs(cfg, height, width, 4, seed=0)

@@ -16,12 +16,10 @@ import argparse
 import sys
 
 from detectron2 import model_zoo
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from ..checkpoint.load_report import load_d2_state_dict, read_d2_checkpoint
 from ..config import build_cfg
-from ..utils.yaml_config import merge_config_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         state = read_d2_checkpoint(args.weights)
         source = args.weights
     else:
-        src_cfg = get_cfg()
-        merge_config_file(src_cfg, model_zoo.get_config_file(args.source_config))
-        src_cfg.MODEL.DEVICE = "cpu"
+        src_cfg = build_cfg(model_zoo.get_config_file(args.source_config), device="cpu")
         state = build_model(src_cfg).state_dict()
         source = f"detectron2 {args.source_config} (random init)"
 
