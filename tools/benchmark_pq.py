@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark FastPanopticEvaluator against detectron2's COCOPanopticEvaluator (panopticapi).
 
-Writes a random COCO-panoptic ground truth (default 500 images, 640x480), builds model-style
-predictions from it (shifted, relabelled, dropped and spurious segments), feeds the same
-predictions to both evaluators in one run (``--repeats`` interleaved runs of each, a fresh
-evaluator every time), checks that every PQ/SQ/RQ number agrees to 1e-9 and prints the median
-wall-clock and CPU ratios::
+Ground truth: the built-in synthetic generator (default 500 images, 640x480; stuff bands with
+wavy borders, occluding disks / boxes / triangles, crowds and void, so that label-map rows rarely
+repeat, as in real data), plus a thing category that never occurs. Model-style predictions are
+made from it (shifted, relabelled, dropped and spurious segments); the same predictions go to
+both evaluators in one run (``--repeats`` interleaved runs of each, a fresh evaluator every
+time); every PQ/SQ/RQ number must agree to 1e-9; the median wall-clock and CPU ratios are
+printed::
 
     python tools/benchmark_pq.py --num-images 500 --height 480 --width 640 --workers 2
 
@@ -31,79 +33,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.evaluation import COCOPanopticEvaluator  # noqa: E402
 
 from panoptic_ext.data.datasets import register_panoptic_dataset  # noqa: E402
+from panoptic_ext.data.datasets.synthetic import (  # noqa: E402
+    SYNTHETIC_CATEGORIES,
+    SyntheticSpec,
+    generate_split,
+)
+from panoptic_ext.data.panoptic_io import read_panoptic_png  # noqa: E402
 from panoptic_ext.evaluation import FastPanopticEvaluator  # noqa: E402
-from panoptic_ext.structures.panoptic_ids import id_to_rgb  # noqa: E402
 
-# Non-contiguous ids, interleaved things (isthing=1) and stuff, as in COCO.
-BENCH_CATEGORIES = [
-    {"id": 1, "name": "person", "isthing": 1},
-    {"id": 4, "name": "sky", "isthing": 0},
-    {"id": 5, "name": "car", "isthing": 1},
-    {"id": 8, "name": "road", "isthing": 0},
-    {"id": 13, "name": "dog", "isthing": 1},
-    {"id": 17, "name": "wall", "isthing": 0},
-    {"id": 20, "name": "never_seen", "isthing": 1},  # absent everywhere: must be skipped
-]
-
-
-def _random_segments(
-    rng: np.random.Generator, h: int, w: int, shapes: str = "boxes"
-) -> tuple[np.ndarray, list[dict]]:
-    """(H, W) int64 ground-truth ids (random 24-bit, like COCO) and their segments_info.
-
-    ``shapes="boxes"``: horizontal stuff bands and rectangular things (many image rows repeat
-    the row above); ``"blobs"``: wavy stuff boundaries and elliptic things, so that, as in real
-    label maps, almost every row differs from the row above.
-    """
-    ids = np.zeros((h, w), np.int64)
-    stuff = [c["id"] for c in BENCH_CATEGORIES if not c["isthing"]]
-    things = [c["id"] for c in BENCH_CATEGORIES if c["isthing"] and c["name"] != "never_seen"]
-    cats, crowd = {}, {}
-    yy, xx = np.mgrid[:h, :w]
-    bounds = np.sort(rng.integers(1, h, 2))
-    for k, (y0, y1) in enumerate(zip([0, *bounds], [*bounds, h])):
-        sid = int(rng.integers(1, 1 << 24))
-        if shapes == "blobs" and k:
-            wave = y0 + h / 20 * np.sin(xx / rng.uniform(5, 40) + rng.uniform(0, 6.3))
-            ids[yy >= wave] = sid
-        else:
-            ids[y0:y1] = sid
-        cats[sid], crowd[sid] = stuff[k % len(stuff)], 0
-    for _ in range(int(rng.integers(0, 12))):
-        sh, sw = int(rng.integers(4, h // 3)), int(rng.integers(4, w // 3))
-        y0, x0 = int(rng.integers(0, h - sh)), int(rng.integers(0, w - sw))
-        sid = int(rng.integers(1, 1 << 24))
-        if shapes == "blobs":
-            cy, cx = y0 + sh / 2, x0 + sw / 2
-            ids[((yy - cy) / (sh / 2)) ** 2 + ((xx - cx) / (sw / 2)) ** 2 < 1] = sid
-        else:
-            ids[y0 : y0 + sh, x0 : x0 + sw] = sid
-        cats[sid], crowd[sid] = int(rng.choice(things)), int(rng.random() < 0.1)
-    ids[: int(rng.integers(0, 6))] = 0  # void border
-    vals, counts = np.unique(ids, return_counts=True)
-    segments = []
-    for sid, area in zip(vals.tolist(), counts.tolist()):
-        if sid == 0:
-            continue
-        ys, xs = np.nonzero(ids == sid)
-        bbox = [
-            int(xs.min()),
-            int(ys.min()),
-            int(xs.max() - xs.min() + 1),
-            int(ys.max() - ys.min() + 1),
-        ]
-        segments.append(
-            {"id": sid, "category_id": cats[sid], "iscrowd": crowd[sid], "area": area, "bbox": bbox}
-        )
-    return ids, segments
+# The synthetic categories (non-contiguous ids, things and stuff interleaved, as in COCO) and one
+# that never occurs: PQ must skip it.
+BENCH_CATEGORIES = SYNTHETIC_CATEGORIES + [{"id": 20, "name": "never_seen", "isthing": 1}]
 
 
 def _prediction(
@@ -149,42 +96,31 @@ def _prediction(
 
 
 def make_benchmark_dataset(
-    root: str,
-    name: str,
-    num_images: int,
-    height: int,
-    width: int,
-    seed: int = 0,
-    shapes: str = "boxes",
+    root: str, name: str, num_images: int, height: int, width: int, seed: int = 0
 ) -> list[tuple[dict, dict]]:
-    """Write ground truth under ``root``, register ``name`` and return (input, output) pairs.
+    """Generate the ground truth under ``root``, register ``name``; return (input, output) pairs.
 
-    ``shapes``: "boxes" or "blobs", see :func:`_random_segments`.
+    The files are the synthetic generator's (``panoptic_bench.json``, ``panoptic_bench/``), with
+    :data:`BENCH_CATEGORIES` as categories.
     """
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(root, "panoptic"), exist_ok=True)
-    gts, annotations, images = [], [], []
-    for i in range(num_images):
-        ids, segments = _random_segments(rng, height, width, shapes)
-        stem = f"{i:06d}"
-        Image.fromarray(id_to_rgb(ids)).save(os.path.join(root, "panoptic", stem + ".png"))
-        images.append({"id": i, "file_name": stem + ".jpg", "height": height, "width": width})
-        annotations.append({"image_id": i, "file_name": stem + ".png", "segments_info": segments})
-        gts.append((ids, segments))
-    panoptic_json = os.path.join(root, "panoptic.json")
+    split = "bench"
+    generate_split(root, split, SyntheticSpec(width, num_images, seed, image_height=height))
+    panoptic_json = os.path.join(root, f"panoptic_{split}.json")
+    with open(panoptic_json) as f:
+        data = json.load(f)
+    data["categories"] = BENCH_CATEGORIES
     with open(panoptic_json, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": BENCH_CATEGORIES}, f)
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    register_panoptic_dataset(
-        name, os.path.join(root, "images"), os.path.join(root, "panoptic"), panoptic_json
-    )
+        json.dump(data, f)
+    panoptic_root = os.path.join(root, f"panoptic_{split}")
+    register_panoptic_dataset(name, os.path.join(root, split), panoptic_root, panoptic_json)
     meta = MetadataCatalog.get(name)
+    rng = np.random.default_rng(seed)
     pairs = []
-    for i, (ids, segments) in enumerate(gts):
-        pred = _prediction(rng, ids, segments, meta)
-        pairs.append(({"image_id": i, "file_name": f"{i:06d}.jpg"}, {"panoptic_seg": pred}))
+    for ann in data["annotations"]:
+        ids = read_panoptic_png(os.path.join(panoptic_root, ann["file_name"]))
+        pred = _prediction(rng, ids.astype(np.int64), ann["segments_info"], meta)
+        inp = {"image_id": ann["image_id"], "file_name": ann["file_name"]}
+        pairs.append((inp, {"panoptic_seg": pred}))
     return pairs
 
 
@@ -231,7 +167,7 @@ def run_evaluator(
     return res, wall
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -250,88 +186,98 @@ def main() -> None:
         "before each process() and report only the time they add to it",
     )
     parser.add_argument(
-        "--shapes",
-        choices=("boxes", "blobs"),
-        default="boxes",
-        help="ground-truth segments: bands and rectangles, or wavy bands and ellipses (almost "
-        "no PNG row repeats the row above, as in real label maps)",
-    )
-    parser.add_argument(
         "--repeats", type=int, default=3, help="interleaved runs of both paths; medians reported"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench_pq") as root:
-        t0 = time.perf_counter()
-        pairs = make_benchmark_dataset(
-            root, "bench_pq", args.num_images, args.height, args.width, args.seed, args.shapes
-        )
+
+def _evaluator(kind: str, workers: int):
+    if kind == "fast":
+        return FastPanopticEvaluator("bench_pq", num_workers=workers)
+    return COCOPanopticEvaluator("bench_pq")
+
+
+def _interleaved_runs(pairs: list, repeats: int, workers: int) -> list[dict[str, tuple]]:
+    """Per repeat {kind: (results, wall s, CPU s)}, the order alternating between repeats so
+    that both paths see the same load on a shared machine; a new evaluator every run."""
+    rows = []
+    for r in range(repeats):
+        row = {}
+        for kind in ("panopticapi", "fast") if r % 2 == 0 else ("fast", "panopticapi"):
+            cpu: list[float] = []
+            res, wall = run_evaluator(_evaluator(kind, workers), pairs, cpu=cpu)
+            row[kind] = (res, wall, cpu[0])
+        rows.append(row)
+        ref, fast = row["panopticapi"], row["fast"]
         print(
-            f"generated {args.num_images} images {args.width}x{args.height} ({args.shapes}) "
-            f"in {time.perf_counter() - t0:.1f}s"
+            f"repeat {r + 1}/{repeats}: panopticapi {ref[1]:.2f}s wall {ref[2]:.2f}s CPU"
+            f" | fast {fast[1]:.2f}s wall {fast[2]:.2f}s CPU"
+            f" | ratio wall {ref[1] / fast[1]:.1f}x CPU {ref[2] / fast[2]:.1f}x"
         )
-        # Interleaved repeats (the order alternates) so that both paths see the same load on a
-        # shared machine; each fast run is a first evaluation (a new evaluator, no state kept).
-        rows = []
-        for r in range(args.repeats):
-            order = ("panopticapi", "fast") if r % 2 == 0 else ("fast", "panopticapi")
-            row = {}
-            for kind in order:
-                cpu: list[float] = []
-                if kind == "fast":
-                    evaluator = FastPanopticEvaluator("bench_pq", num_workers=args.workers)
-                else:
-                    evaluator = COCOPanopticEvaluator("bench_pq")
-                res, wall = run_evaluator(evaluator, pairs, cpu=cpu)
-                row[kind] = (res, wall, cpu[0])
-            rows.append(row)
-            ref, fast = row["panopticapi"], row["fast"]
-            print(
-                f"repeat {r + 1}/{args.repeats}: panopticapi {ref[1]:.2f}s wall {ref[2]:.2f}s CPU"
-                f" | fast {fast[1]:.2f}s wall {fast[2]:.2f}s CPU"
-                f" | ratio wall {ref[1] / fast[1]:.1f}x CPU {ref[2] / fast[2]:.1f}x"
-            )
-        if args.model_ms:
-            model_s = args.model_ms / 1000
-            _, o_ref = run_evaluator(COCOPanopticEvaluator("bench_pq"), pairs, model_s)
-            _, o_fast = run_evaluator(
-                FastPanopticEvaluator("bench_pq", num_workers=args.workers), pairs, model_s
-            )
+    return rows
+
+
+def _report(rows: list[dict[str, tuple]], args: argparse.Namespace) -> float:
+    """Print medians and ratios; return the largest PQ/SQ/RQ difference (percent)."""
     n = args.num_images
-    wall_ratio = float(np.median([r["panopticapi"][1] / r["fast"][1] for r in rows]))
-    cpu_ratio = float(np.median([r["panopticapi"][2] / r["fast"][2] for r in rows]))
-    ref_cpu = float(np.median([r["panopticapi"][2] for r in rows]))
-    fast_cpu = float(np.median([r["fast"][2] for r in rows]))
-    ref_wall = float(np.median([r["panopticapi"][1] for r in rows]))
-    fast_wall = float(np.median([r["fast"][1] for r in rows]))
+
+    def median(kind: str, item: int) -> float:
+        return float(np.median([r[kind][item] for r in rows]))
+
+    def ratio(item: int) -> float:
+        return float(np.median([r["panopticapi"][item] / r["fast"][item] for r in rows]))
+
     ref, fast = rows[-1]["panopticapi"][0], rows[-1]["fast"][0]
     diff = max(
         abs(r["panopticapi"][0]["panoptic_seg"][k] - r["fast"][0]["panoptic_seg"][k])
         for r in rows
         for k in ref["panoptic_seg"]
     )
+    ref_cpu, fast_cpu = median("panopticapi", 2), median("fast", 2)
     print(f"command: python {' '.join(sys.argv)}")
     print(
         f"panopticapi (COCOPanopticEvaluator, pq_compute on {os.cpu_count()} procs): median "
-        f"{ref_wall:.2f}s wall, {ref_cpu:.2f}s CPU ({1e3 * ref_cpu / n:.2f} ms CPU/image)"
+        f"{median('panopticapi', 1):.2f}s wall, {ref_cpu:.2f}s CPU "
+        f"({1e3 * ref_cpu / n:.2f} ms CPU/image)"
     )
     print(
         f"fast (FastPanopticEvaluator, {args.workers} workers):                median "
-        f"{fast_wall:.2f}s wall, {fast_cpu:.2f}s CPU ({1e3 * fast_cpu / n:.2f} ms CPU/image)"
+        f"{median('fast', 1):.2f}s wall, {fast_cpu:.2f}s CPU "
+        f"({1e3 * fast_cpu / n:.2f} ms CPU/image)"
     )
     print(
-        f"speed-up, median of {len(rows)} interleaved repeats: wall {wall_ratio:.1f}x, CPU seconds "
-        f"(all threads and worker processes; less sensitive to a busy machine) {cpu_ratio:.1f}x"
+        f"speed-up, median of {len(rows)} interleaved repeats: wall {ratio(1):.1f}x, CPU seconds "
+        f"(all threads and worker processes; less sensitive to a busy machine) {ratio(2):.1f}x"
     )
     print(f"max |difference| of PQ/SQ/RQ (percent) over all repeats: {diff:.2e}")
+    for k, v in fast["panoptic_seg"].items():
+        print(f"  {k:6s} {v:8.4f}  (panopticapi {ref['panoptic_seg'][k]:8.4f})")
+    return diff
+
+
+def main() -> None:
+    args = _parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_pq") as root:
+        t0 = time.perf_counter()
+        pairs = make_benchmark_dataset(
+            root, "bench_pq", args.num_images, args.height, args.width, args.seed
+        )
+        print(
+            f"generated {args.num_images} images {args.width}x{args.height} "
+            f"in {time.perf_counter() - t0:.1f}s"
+        )
+        rows = _interleaved_runs(pairs, args.repeats, args.workers)
+        if args.model_ms:
+            model_s = args.model_ms / 1000
+            _, o_ref = run_evaluator(_evaluator("panopticapi", args.workers), pairs, model_s)
+            _, o_fast = run_evaluator(_evaluator("fast", args.workers), pairs, model_s)
+    diff = _report(rows, args)
     if args.model_ms:
         print(
             f"with {args.model_ms:g} ms of model time per image, evaluation adds "
             f"{o_ref:.2f}s (panopticapi) vs {max(o_fast, 1e-3):.2f}s (fast): "
             f"{o_ref / max(o_fast, 1e-3):.1f}x"
         )
-    for k, v in fast["panoptic_seg"].items():
-        print(f"  {k:6s} {v:8.4f}  (panopticapi {ref['panoptic_seg'][k]:8.4f})")
     if diff > 1e-7:  # 1e-9 on the [0, 1] scale
         raise SystemExit("results differ")
 

@@ -40,7 +40,7 @@ def bench(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("pq"))
     pairs = make_benchmark_dataset(root, "test_fast_pq_bench", 24, 48, 64, seed=3)
     # A ground-truth PNG id without a segments_info entry (panopticapi tolerates it).
-    gt_json = os.path.join(root, "panoptic.json")
+    gt_json = os.path.join(root, "panoptic_bench.json")
     with open(gt_json) as f:
         data = json.load(f)
     dropped = data["annotations"][0]["segments_info"].pop()
@@ -75,7 +75,7 @@ def test_files_match_pq_compute_per_class(bench):
     root, pairs = bench
     pred_json = _write_predictions(root, pairs, MetadataCatalog.get("test_fast_pq_bench"))
     gt_json, gt_dir, pred_dir = (
-        os.path.join(root, n) for n in ("panoptic.json", "panoptic", "pred")
+        os.path.join(root, n) for n in ("panoptic_bench.json", "panoptic_bench", "pred")
     )
     with contextlib.redirect_stdout(io.StringIO()):
         ref = pq_compute(gt_json, pred_json, gt_folder=gt_dir, pred_folder=pred_dir)

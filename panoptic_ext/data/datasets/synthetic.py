@@ -58,7 +58,7 @@ _COLORS = {c["id"]: np.array(c["color"], np.float32) for c in SYNTHETIC_CATEGORI
 class SyntheticSpec:
     """Parameters of one generated split."""
 
-    image_size: int = 128
+    image_size: int = 128  # width, and height unless image_height is set
     num_images: int = 96
     seed: int = 0
     # Fraction of images drawn with no thing at all.
@@ -66,6 +66,12 @@ class SyntheticSpec:
     # Fraction of images that get one crowd segment.
     crowd_fraction: float = 0.2
     max_things: int = 6
+    # Height of the images when they are not square (None: image_size).
+    image_height: int | None = None
+
+    @property
+    def height(self) -> int:
+        return self.image_size if self.image_height is None else self.image_height
 
 
 def _texture(rng: np.random.Generator, kind: int, h: int, w: int) -> np.ndarray:
@@ -91,10 +97,10 @@ def _texture(rng: np.random.Generator, kind: int, h: int, w: int) -> np.ndarray:
 
 
 def _shape_mask(
-    rng: np.random.Generator, kind: int, size: int, cy: float, cx: float, s: int
+    rng: np.random.Generator, kind: int, size: int, cy: float, cx: float, h: int, w: int
 ) -> np.ndarray:
-    """(s, s) bool mask of one thing of extent ``size`` centred at (cy, cx)."""
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    """(h, w) bool mask of one thing of extent ``size`` centred at (cy, cx)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r = size / 2
     if kind == _DISK:
         return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
@@ -111,14 +117,14 @@ def _shape_mask(
 class _Canvas:
     """One image being drawn: RGB floats, segment ids and the ``segments_info`` so far."""
 
-    def __init__(self, rng: np.random.Generator, size: int):
+    def __init__(self, rng: np.random.Generator, height: int, width: int):
         self.rng = rng
-        self.size = size
-        self.image = np.zeros((size, size, 3), np.float32)
-        self.ids = np.zeros((size, size), np.int64)
+        self.h, self.w = height, width
+        self.image = np.zeros((height, width, 3), np.float32)
+        self.ids = np.zeros((height, width), np.int64)
         self.segments: list[dict] = []
         self._used: set[int] = set()
-        self.yy, self.xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
 
     def label(self, mask: np.ndarray, category: int, iscrowd: int = 0) -> None:
         """Give the pixels of ``mask`` a new random segment id (drawn last, so it occludes)."""
@@ -133,33 +139,33 @@ class _Canvas:
 
 def _draw_stuff(c: _Canvas) -> None:
     """Wavy bands sky / wall / ground, plus sometimes a wall blob inside the ground."""
-    rng, s, yy, xx = c.rng, c.size, c.yy, c.xx
-    xs = np.arange(s, dtype=np.float32)
-    phase, amp = rng.uniform(0, 6.28), rng.uniform(0, s * 0.05)
-    h1 = s * rng.uniform(0.2, 0.4) + amp * np.sin(xs / s * 6.28 + phase)
-    h2 = s * rng.uniform(0.55, 0.75) + amp * np.cos(xs / s * 6.28 + phase)
+    rng, h, w, yy, xx = c.rng, c.h, c.w, c.yy, c.xx
+    xs = np.arange(w, dtype=np.float32)
+    phase, amp = rng.uniform(0, 6.28), rng.uniform(0, h * 0.05)
+    h1 = h * rng.uniform(0.2, 0.4) + amp * np.sin(xs / w * 6.28 + phase)
+    h2 = h * rng.uniform(0.55, 0.75) + amp * np.cos(xs / w * 6.28 + phase)
     band = np.where(yy < h1[None], _SKY, np.where(yy < h2[None], _WALL, _GROUND))
     if rng.random() < 0.3:  # no wall in this image
         band[band == _WALL] = _SKY
     if rng.random() < 0.5:
-        cy, cx = rng.uniform(0.75, 0.95) * s, rng.uniform(0.2, 0.8) * s
-        ry, rx = rng.uniform(0.04, 0.1) * s, rng.uniform(0.08, 0.2) * s
+        cy, cx = rng.uniform(0.75, 0.95) * h, rng.uniform(0.2, 0.8) * w
+        ry, rx = rng.uniform(0.04, 0.1) * h, rng.uniform(0.08, 0.2) * w
         band[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = _WALL
     for cat in (_SKY, _WALL, _GROUND):
         region = band == cat
         if region.any():
-            c.image[region] = _texture(rng, cat, s, s)[region]
+            c.image[region] = _texture(rng, cat, h, w)[region]
             c.label(region, cat)
 
 
 def _draw_things(c: _Canvas, spec: SyntheticSpec, num_things: int) -> None:
     """Things drawn back to front, so later ones occlude earlier ones."""
-    rng, s = c.rng, c.size
+    rng, h, w = c.rng, c.h, c.w
     for _ in range(num_things):
         cat = int(rng.choice([_DISK, _BOX, _TRIANGLE]))
-        size = float(np.exp(rng.uniform(np.log(8), np.log(s / 2))))
-        cy, cx = rng.uniform(size / 2, s - size / 2), rng.uniform(size / 2, s - size / 2)
-        mask = _shape_mask(rng, cat, int(size), cy, cx, s)
+        size = float(np.exp(rng.uniform(np.log(8), np.log(min(h, w) / 2))))
+        cy, cx = rng.uniform(size / 2, h - size / 2), rng.uniform(size / 2, w - size / 2)
+        mask = _shape_mask(rng, cat, int(size), cy, cx, h, w)
         if not mask.any():
             continue
         color = np.clip(_COLORS[cat] + rng.uniform(-25, 25, 3), 0, 255)
@@ -171,11 +177,11 @@ def _draw_things(c: _Canvas, spec: SyntheticSpec, num_things: int) -> None:
 
 def _draw_crowd(c: _Canvas) -> None:
     """A tight cluster of small disks annotated as one crowd segment."""
-    rng, s, yy, xx = c.rng, c.size, c.yy, c.xx
-    cy, cx = rng.uniform(0.2, 0.8) * s, rng.uniform(0.2, 0.8) * s
-    crowd = np.zeros((s, s), bool)
+    rng, h, w, yy, xx = c.rng, c.h, c.w, c.yy, c.xx
+    cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+    crowd = np.zeros((h, w), bool)
     for _ in range(int(rng.integers(4, 9))):
-        oy, ox, r = rng.normal(0, s * 0.05), rng.normal(0, s * 0.05), rng.uniform(2, 4)
+        oy, ox, r = rng.normal(0, h * 0.05), rng.normal(0, w * 0.05), rng.uniform(2, 4)
         crowd |= (yy - cy - oy) ** 2 + (xx - cx - ox) ** 2 <= r * r
     c.image[crowd] = _COLORS[_DISK]
     c.label(crowd, _DISK, iscrowd=1)
@@ -184,14 +190,14 @@ def _draw_crowd(c: _Canvas) -> None:
 def _draw_void(c: _Canvas) -> None:
     """An unlabeled strip along one border in some images (COCO has void pixels too)."""
     if c.rng.random() < 0.3:
-        width = int(c.rng.integers(2, max(3, c.size // 16)))
+        width = int(c.rng.integers(2, max(3, c.w // 16)))
         c.ids[:, :width] = 0
-        c.image[:, :width] = c.rng.uniform(0, 40, (c.size, width, 1))
+        c.image[:, :width] = c.rng.uniform(0, 40, (c.h, width, 1))
 
 
 def _draw_image(rng: np.random.Generator, spec: SyntheticSpec, index: int):
-    """Draw one image. Returns (rgb uint8 (S,S,3), ids int64 (S,S), segments list)."""
-    c = _Canvas(rng, spec.image_size)
+    """Draw one image. Returns (rgb uint8 (H, W, 3), ids int64 (H, W), segments list)."""
+    c = _Canvas(rng, spec.height, spec.image_size)
     _draw_stuff(c)
     empty = rng.random() < spec.empty_fraction or index == 0  # image 0 is always thing-free
     _draw_things(c, spec, 0 if empty else int(rng.integers(1, spec.max_things + 1)))
@@ -250,7 +256,8 @@ def generate_split(out_dir: str, split: str, spec: SyntheticSpec) -> None:
 
 
 def _split_dir(root: str, split: str, spec: SyntheticSpec) -> str:
-    variant = f"v{_GENERATOR_VERSION}_s{spec.image_size}_n{spec.num_images}_seed{spec.seed}"
+    size = f"{spec.image_size}" if spec.image_height is None else f"{spec.image_size}x{spec.height}"
+    variant = f"v{_GENERATOR_VERSION}_s{size}_n{spec.num_images}_seed{spec.seed}"
     return os.path.join(root, "synthetic_panoptic", variant, split)
 
 
