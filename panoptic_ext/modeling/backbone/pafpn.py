@@ -10,6 +10,8 @@ The top-down part *is* detectron2's :class:`FPN` (same modules, init and names `
 ``pa_down{s}`` (stride 2, applied to N_s) and ``pa_out{s}`` (producing N_s).
 """
 
+from collections.abc import Callable
+
 import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from torch import nn
 
 from ...utils.config_keys import add_keys
 
@@ -45,6 +48,31 @@ def add_pafpn_config(cfg: CfgNode) -> None:
             # Extra levels from N5: "P6" (max-pool, for RPN), "P6P7" (3x3 s2 convs), "" (none).
             "TOP_LEVELS": "P6",
         },
+    )
+
+
+def _top_block(top_levels: str, channels: int) -> nn.Module | None:
+    """FPN's top block for ``MODEL.PAFPN.TOP_LEVELS`` (P6 and P7 read N5)."""
+    if top_levels == "P6":
+        return LastLevelMaxPool()
+    if top_levels == "P6P7":
+        return LastLevelP6P7(channels, channels, in_feature="p5")
+    return None
+
+
+def _pa_conv(
+    channels: int, stride: int, bias: bool, norm: str, activation: Callable | None
+) -> Conv2d:
+    """A 3x3 conv of the bottom-up path (initialised by the caller, in detectron2's order)."""
+    return Conv2d(
+        channels,
+        channels,
+        kernel_size=3,
+        stride=stride,
+        padding=1,
+        bias=bias,
+        norm=get_norm(norm, channels),
+        activation=activation,
     )
 
 
@@ -87,12 +115,7 @@ class PAFPN(FPN):
             raise ValueError(
                 f"MODEL.PAFPN.FUSE_TYPE must be one of {_FUSE_TYPES}, got {pa_fuse_type!r}"
             )
-        if top_levels == "P6":
-            top_block = LastLevelMaxPool()
-        elif top_levels == "P6P7":
-            top_block = LastLevelP6P7(out_channels, out_channels, in_feature="p5")
-        else:
-            top_block = None
+        top_block = _top_block(top_levels, out_channels)
         super().__init__(bottom_up, in_features, out_channels, norm, top_block, fuse_type)
         # The top block reads the last pyramid level (N5 here), whatever FPN's default input is.
         self._num_pyramid_levels = len(in_features)
@@ -105,25 +128,8 @@ class PAFPN(FPN):
             activation = F.relu if pa_activation else None
             levels = self._fpn_levels()
             for src, dst in zip(levels[:-1], levels[1:]):
-                down = Conv2d(
-                    out_channels,
-                    out_channels,
-                    kernel_size=3,
-                    stride=2,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(pa_norm, out_channels),
-                    activation=activation,
-                )
-                out = Conv2d(
-                    out_channels,
-                    out_channels,
-                    kernel_size=3,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(pa_norm, out_channels),
-                    activation=activation,
-                )
+                down = _pa_conv(out_channels, 2, use_bias, pa_norm, activation)
+                out = _pa_conv(out_channels, 1, use_bias, pa_norm, activation)
                 weight_init.c2_xavier_fill(down)
                 weight_init.c2_xavier_fill(out)
                 self.add_module(f"pa_down{src}", down)

@@ -83,32 +83,32 @@ class PANetMaskHead(PerLevelFirstLayerMixin, MaskRCNNConvUpsampleHead):
         self._ff_from_conv = ff_from_conv if ff else 0
         self._ff_relu = ff_relu
         if ff:
-            dim, res = conv_dims[ff_from_conv - 1], input_shape.height
-            half = dim // 2
-            self.fc_branch_conv1 = Conv2d(
+            self._build_ff_branch(conv_dims[ff_from_conv - 1], input_shape.height, conv_norm)
+
+    def _build_ff_branch(self, dim: int, res: int, conv_norm: str) -> None:
+        """fc_branch_conv1/2 (3x3, the second halves the channels) and fc_mask, on ``res``^2
+        pooled maps of ``dim`` channels; created, then initialised, in this order."""
+        half = dim // 2
+
+        def conv(out_dim: int) -> Conv2d:
+            return Conv2d(
                 dim,
-                dim,
+                out_dim,
                 3,
                 padding=1,
                 bias=not conv_norm,
-                norm=get_norm(conv_norm, dim),
+                norm=get_norm(conv_norm, out_dim),
                 activation=nn.ReLU(),
             )
-            self.fc_branch_conv2 = Conv2d(
-                dim,
-                half,
-                3,
-                padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, half),
-                activation=nn.ReLU(),
-            )
-            # Output side = the deconv's 2x upsampled mask (28 for a 14x14 pooler).
-            self._mask_side = 2 * res
-            self.fc_mask = nn.Linear(half * res * res, self._mask_side**2)
-            weight_init.c2_msra_fill(self.fc_branch_conv1)
-            weight_init.c2_msra_fill(self.fc_branch_conv2)
-            weight_init.c2_xavier_fill(self.fc_mask)
+
+        self.fc_branch_conv1 = conv(dim)
+        self.fc_branch_conv2 = conv(half)
+        # Output side = the deconv's 2x upsampled mask (28 for a 14x14 pooler).
+        self._mask_side = 2 * res
+        self.fc_mask = nn.Linear(half * res * res, self._mask_side**2)
+        weight_init.c2_msra_fill(self.fc_branch_conv1)
+        weight_init.c2_msra_fill(self.fc_branch_conv2)
+        weight_init.c2_xavier_fill(self.fc_mask)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
