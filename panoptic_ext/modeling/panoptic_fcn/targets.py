@@ -294,6 +294,18 @@ def _thing_centers(
     return cx, cy
 
 
+def _guidance(soft: torch.Tensor, size: tuple[int, int], thres: float) -> torch.Tensor:
+    """(M_l, H_l * W_l) bool: level pixels where an object's resized soft mask exceeds ``thres``.
+
+    Args:
+        soft: (M_l, Hf, Wf) stride-s soft masks of the objects trained at this level.
+    """
+    if not len(soft):
+        return torch.zeros((0, size[0] * size[1]), dtype=torch.bool, device=soft.device)
+    level = F.interpolate(soft[:, None], size, mode="bilinear", align_corners=False)
+    return level.flatten(1) > thres
+
+
 def _stuff_level_scores(
     stuff: torch.Tensor, level_sizes: list[tuple[int, int]], gt_thres: float
 ) -> list[torch.Tensor]:
@@ -321,7 +333,6 @@ def build_targets(
         settings: the target settings of ``MODEL.PANOPTIC_FCN``.
     """
     hp, wp = gt.sem_seg.shape[-2:]
-    device = gt.sem_seg.device
     stride, num_classes = settings.common_stride, settings.num_thing_classes
     hf, wf = hp // stride, wp // stride
     soft = exact_bilinear_downsample(gt.masks, stride)  # (M, Hf, Wf)
@@ -352,11 +363,7 @@ def build_targets(
             settings.sigma_factor,
         )
         heatmaps.append(heat.view(num_images, num_classes, h_l, w_l))
-        if len(obj):
-            lvl = F.interpolate(soft[obj, None], (h_l, w_l), mode="bilinear", align_corners=False)
-            guide = lvl.flatten(1) > settings.guidance_thres
-        else:
-            guide = torch.zeros((0, h_l * w_l), dtype=torch.bool, device=device)
+        guide = _guidance(soft[obj], (h_l, w_l), settings.guidance_thres)
         levels.append(LevelThingTargets(obj=obj, guide=guide))
 
     stuff = stuff_soft_maps(
