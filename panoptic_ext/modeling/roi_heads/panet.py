@@ -25,9 +25,10 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from ...utils.config_keys import add_keys
-from .afp_pooler import AdaptiveFeaturePooler, PerLevelFirstLayerMixin
+from .afp_pooler import AdaptiveFeaturePooler
 from .panet_box_head import PANetBoxHead
 from .panet_mask_head import PANetMaskHead
+from .per_level_first_layer import PerLevelFirstLayerMixin
 
 __all__ = ["PANetBoxHead", "PANetMaskHead", "PANetROIHeads", "add_panet_config"]
 

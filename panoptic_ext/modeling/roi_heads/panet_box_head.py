@@ -6,7 +6,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
-from .afp_pooler import PerLevelFirstLayerMixin
+from .per_level_first_layer import PerLevelFirstLayerMixin
 
 __all__ = ["PANetBoxHead", "afp_num_levels"]
 

@@ -8,8 +8,8 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
 from torch import nn
 
-from .afp_pooler import PerLevelFirstLayerMixin
 from .panet_box_head import afp_num_levels
+from .per_level_first_layer import PerLevelFirstLayerMixin
 
 __all__ = ["PANetMaskHead"]
 

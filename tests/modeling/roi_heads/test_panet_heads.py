@@ -14,7 +14,7 @@ from helpers import TINY_OPTS, load_cfg
 
 from panoptic_ext.checkpoint.load_report import load_d2_state_dict
 from panoptic_ext.modeling.roi_heads import AdaptiveFeaturePooler, PANetBoxHead, PANetMaskHead
-from panoptic_ext.modeling.roi_heads.afp_pooler import fuse_levels
+from panoptic_ext.modeling.roi_heads.per_level_first_layer import fuse_levels
 
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
 D2_HEADS = [
