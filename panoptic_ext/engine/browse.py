@@ -37,6 +37,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from ..data import PanopticDatasetMapper
 from ..data.panoptic_io import read_panoptic_png
+from ..modeling.panoptic_fcn.targets import TargetSettings
 from ..structures.sem_seg_format import SemSegFormat
 
 __all__ = ["DatasetBrowser", "Panel", "contact_sheet", "panel_row"]
@@ -135,7 +136,7 @@ class _FCNTargets:
         self.strides = [shapes[f].stride for f in parts["head_in_features"]]
         self.divisibility = max(parts["backbone"].size_divisibility, 1)
         self.ignore_value = parts["ignore_value"]
-        self.params = parts["target_params"]
+        self.settings = parts["target_settings"]
 
     def panels(self, image: np.ndarray, mapped: dict[str, Any], meta: Metadata) -> list[Panel]:
         from ..modeling.panoptic_fcn.targets import build_targets, collate_ground_truth
@@ -148,19 +149,19 @@ class _FCNTargets:
         )
         # Stride-2 convs (k 3, pad 1) give ceil(size / 2) at each step: ceil(size / stride).
         levels = [(math.ceil(hp / s), math.ceil(wp / s)) for s in self.strides]
-        targets = build_targets(gt, levels, num_images=1, **self.params)
+        targets = build_targets(gt, levels, 1, self.settings)
         heat = torch.stack(
             [_resize(t[0].amax(0), (hp, wp), "bilinear") for t in targets.center_heatmaps]
         ).amax(0)[:h, :w]
         view = _heat_overlay(image, heat.numpy())
         for stride, t in zip(self.strides, targets.center_heatmaps):
             _mark_peaks(view, t[0], stride, meta.thing_colors)
-        stride = self.params["common_stride"]
+        stride = self.settings.common_stride
         hf, wf = hp // stride, wp // stride
         stuff = _resize(targets.stuff_masks[0].view(-1, hf, wf), (hp, wp), "nearest")[:, :h, :w]
         return [
             Panel(f"centers ({len(levels)} levels, o = peak)", view),
-            Panel(f"stuff (soft, stride {stride})", _stuff_view(image, stuff, meta, self.params)),
+            Panel(f"stuff (soft, stride {stride})", _stuff_view(image, stuff, meta, self.settings)),
         ]
 
 
@@ -195,10 +196,12 @@ def _heat_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return (base * (1 - alpha) + colored[..., ::-1].astype(np.float32) * alpha).astype(np.uint8)
 
 
-def _stuff_view(image: np.ndarray, stuff: torch.Tensor, meta: Metadata, params) -> np.ndarray:
+def _stuff_view(
+    image: np.ndarray, stuff: torch.Tensor, meta: Metadata, settings: TargetSettings
+) -> np.ndarray:
     """(S, H, W) soft maps: each pixel in the colour of its strongest class, scaled by its value."""
     value, label = stuff.max(0)
-    offset = params["stuff_label_offset"]  # channel c is sem_seg label c + offset
+    offset = settings.stuff_label_offset  # channel c is sem_seg label c + offset
     colors = np.array(meta.stuff_colors, dtype=np.float32)
     rgb = colors[(label + offset).clamp(max=len(colors) - 1).numpy()]
     rgb[label.numpy() + offset == 0] = 255  # the merged "things" class: white
