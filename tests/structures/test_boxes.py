@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from detectron2.structures import BitMasks
 
 from panoptic_ext.structures.boxes import masks_to_boxes, segment_boxes
 
@@ -24,3 +25,13 @@ def test_masks_to_boxes_are_tight_with_exclusive_far_corner():
     assert masks_to_boxes(masks).tensor.tolist() == [[2, 1, 5, 3], [0, 4, 1, 5], [0, 0, 6, 5]]
     empty = masks_to_boxes(torch.zeros((0, 5, 6), dtype=torch.bool)).tensor
     assert empty.shape == (0, 4) and empty.dtype == torch.float32
+
+
+def test_masks_to_boxes_equal_detectron2s_including_empty_masks():
+    """An empty mask (e.g. a Panoptic FCN mask below INST_THRES) once got the whole image."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand((12, 17, 23), generator=g) > 0.97
+    masks[[2, 7]] = False
+    ours = masks_to_boxes(masks).tensor
+    assert torch.equal(ours, BitMasks(masks).get_bounding_boxes().tensor)
+    assert ours[2].tolist() == [0.0, 0.0, 0.0, 0.0] and ours[7].tolist() == [0.0, 0.0, 0.0, 0.0]
