@@ -7,22 +7,15 @@ from typing import Any
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import ImageList
 from torch import nn
 
-from ...structures.boxes import masks_to_boxes
 from .encoder import FeatureEncoder
 from .heads import KernelEmbedding, KernelHead, PositionHead
-from .inference import (
-    combine_panoptic,
-    fuse_thing_kernels,
-    rescore_things,
-    resize_probs,
-    stuff_candidates,
-    thing_candidates,
-)
+from .inference import InferenceSettings, LowResPredictions, lowres_predictions
 from .layers import ConvTower
 from .losses import panoptic_fcn_losses
+from .postprocess import postprocess_image
 from .targets import build_targets, collate_ground_truth
 
 __all__ = ["PanopticFCN", "HeadOutputs"]
@@ -72,7 +65,7 @@ class PanopticFCN(nn.Module):
         with_thing: bool,
         target_params: dict[str, Any],
         loss_params: dict[str, Any],
-        inference_params: dict[str, Any],
+        inference: InferenceSettings,
     ):
         """
         Args:
@@ -84,7 +77,7 @@ class PanopticFCN(nn.Module):
             with_thing: stuff channel 0 is the merged "things" class (sem_seg "things_as_one").
             target_params: keyword arguments of :func:`targets.build_targets` (settings only).
             loss_params: keyword arguments of :func:`losses.panoptic_fcn_losses` (settings only).
-            inference_params: thresholds and caps, see ``from_config``.
+            inference: thresholds and caps of inference.
         """
         super().__init__()
         self.backbone = backbone
@@ -98,8 +91,8 @@ class PanopticFCN(nn.Module):
         self.with_thing = with_thing
         self.target_params = target_params
         self.loss_params = loss_params
-        self.inference_params = inference_params
-        smooth = inference_params["peak_smooth_sizes"]
+        self.inference_settings = inference
+        smooth = inference.peak_smooth_sizes
         if len(smooth) != len(head_in_features):
             raise ValueError(
                 "MODEL.PANOPTIC_FCN.POSITION_HEAD.THING.PEAK_SMOOTH_SIZES has "
@@ -191,22 +184,24 @@ class PanopticFCN(nn.Module):
                 "position_weight": p.LOSS.POSITION_WEIGHT,
                 "segment_weight": p.LOSS.SEGMENT_WEIGHT,
             },
-            "inference_params": {
-                "thing_thres": th.THRES,
-                "stuff_thres": st.THRES,
-                "top_num": th.TOP_NUM,
-                "level_top_num": th.LEVEL_TOP_NUM,
-                "peak_smooth_sizes": list(th.PEAK_SMOOTH_SIZES),
-                "peak_pool_size": th.PEAK_POOL_SIZE,
-                "mask_thres": inf.INST_THRES,
-                "similar_thres": inf.SIMILAR_THRES,
-                "class_specific": inf.CLASS_SPECIFIC,
-                "score_floor": inf.SCORE_FLOOR,
-                "combine": inf.COMBINE.ENABLE,
-                "overlap_thresh": inf.COMBINE.OVERLAP_THRESH,
-                "stuff_area_limit": inf.COMBINE.STUFF_AREA_LIMIT,
-                "inst_thresh": inf.COMBINE.INST_THRESH,
-            },
+            "inference": InferenceSettings(
+                thing_thres=th.THRES,
+                stuff_thres=st.THRES,
+                top_num=th.TOP_NUM,
+                level_top_num=th.LEVEL_TOP_NUM,
+                peak_smooth_sizes=tuple(th.PEAK_SMOOTH_SIZES),
+                peak_pool_size=th.PEAK_POOL_SIZE,
+                mask_thres=inf.INST_THRES,
+                similar_thres=inf.SIMILAR_THRES,
+                class_specific=inf.CLASS_SPECIFIC,
+                score_floor=inf.SCORE_FLOOR,
+                combine=inf.COMBINE.ENABLE,
+                overlap_thresh=inf.COMBINE.OVERLAP_THRESH,
+                stuff_area_limit=inf.COMBINE.STUFF_AREA_LIMIT,
+                inst_thresh=inf.COMBINE.INST_THRESH,
+                thing_channel=0 if st.WITH_THING else None,
+                stuff_category_offset=0 if st.WITH_THING else 1,
+            ),
         }
 
     @property
@@ -230,7 +225,13 @@ class PanopticFCN(nn.Module):
             training: dict of losses; inference: list of per-image result dicts.
         """
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        if not self.training:
+            return self.inference(batched_inputs, images)
+        return self.losses(batched_inputs, images, self.forward_heads(images.tensor))
+
+    def forward_heads(self, images: torch.Tensor) -> HeadOutputs:
+        """Normalised, padded (N, 3, H, W) images -> raw head outputs (tensors only)."""
+        features = self.backbone(images)
         encode_feat = self.encoder(features)
         center_logits, region_logits, kernel_maps = [], [], []
         for name in self.head_in_features:
@@ -238,10 +239,22 @@ class PanopticFCN(nn.Module):
             center_logits.append(centers)
             region_logits.append(regions)
             kernel_maps.append(self.kernel_head(features[name]))
-        outputs = HeadOutputs(center_logits, region_logits, kernel_maps, encode_feat)
-        if self.training:
-            return self.losses(batched_inputs, images, outputs)
-        return self.inference(batched_inputs, images, outputs)
+        return HeadOutputs(center_logits, region_logits, kernel_maps, encode_feat)
+
+    def predict(self, images: torch.Tensor) -> LowResPredictions:
+        """The network at inference: normalised, padded (N, 3, H, W) images -> batched low-res
+        predictions (tensors only, fixed shapes for a given input size; what an exporter
+        exports). :func:`postprocess.postprocess_image` turns them into detectron2 outputs."""
+        out = self.forward_heads(images)
+        return lowres_predictions(
+            out.center_logits,
+            out.region_logits,
+            out.kernel_maps,
+            out.encode_feat,
+            self.thing_generator,
+            self.stuff_generator,
+            self.inference_settings,
+        )
 
     def losses(
         self,
@@ -277,122 +290,16 @@ class PanopticFCN(nn.Module):
 
     @torch.no_grad()
     def inference(
-        self,
-        batched_inputs: list[dict[str, Any]],
-        images: ImageList,
-        outputs: HeadOutputs,
+        self, batched_inputs: list[dict[str, Any]], images: ImageList
     ) -> list[dict[str, Any]]:
-        """Batched candidates, fusion and rescoring; per-image resize and panoptic merge."""
-        p = self.inference_params
-        center_logits, region_logits = outputs.center_logits, outputs.region_logits
-        kernel_maps, encode_feat = outputs.kernel_maps, outputs.encode_feat
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            feats = encode_feat.float().flatten(2)  # (N, E, HW)
-            hf, wf = encode_feat.shape[-2:]
-            stride = images.tensor.shape[-1] // wf
-
-            # Things: candidates of all levels, sorted by score within each image.
-            cands = [
-                thing_candidates(
-                    c,
-                    k.float(),
-                    smooth_size=size,
-                    pool_size=p["peak_pool_size"],
-                    top_k=p["level_top_num"],
-                    thres=p["thing_thres"],
-                )
-                for c, k, size in zip(center_logits, kernel_maps, p["peak_smooth_sizes"])
-            ]
-            scores, classes, kernels, valid = (torch.cat(t, dim=1) for t in zip(*cands))
-            scores = torch.where(valid, scores, torch.full_like(scores, -1.0))
-            scores, order = scores.sort(dim=1, descending=True)
-            classes = classes.gather(1, order)
-            valid = valid.gather(1, order)
-            kernels = kernels.gather(1, order[..., None].expand_as(kernels))
-            fused, keep = fuse_thing_kernels(
-                self.thing_generator(kernels),
-                classes,
-                valid,
-                p["similar_thres"],
-                p["class_specific"],
-            )
-            probs = torch.bmm(fused, feats).sigmoid()  # (N, n, HW)
-            order, th_scores, th_valid = rescore_things(
-                probs,
-                scores,
-                keep,
-                mask_thres=p["mask_thres"],
-                score_floor=p["score_floor"],
-                top_num=p["top_num"],
-            )
-            th_probs = probs.gather(1, order[..., None].expand(-1, -1, probs.shape[-1]))
-            th_probs = th_probs.view(*order.shape, hf, wf)
-            th_classes = classes.gather(1, order)
-
-            # Stuff: average the kernels and scores of each class over the levels.
-            st = [
-                stuff_candidates(r, k.float(), p["stuff_thres"])
-                for r, k in zip(region_logits, kernel_maps)
-            ]
-            st_valid = torch.stack([v for _, _, v in st]).float()  # (L, N, S)
-            count = st_valid.sum(0)
-            st_kern = (torch.stack([k for _, k, _ in st]) * st_valid[..., None]).sum(0)
-            st_kern = st_kern / count.clamp(min=1)[..., None]
-            st_present = count > 0
-            st_probs = torch.bmm(self.stuff_generator(st_kern), feats).sigmoid()
-            st_probs = (st_probs * st_present[..., None]).view(*st_present.shape, hf, wf)
-
+        """Batched network and low-res predictions; per-image full-resolution outputs."""
+        pred = self.predict(images.tensor)
+        stride = images.tensor.shape[-1] // pred.thing_probs.shape[-1]
         results = []
         for i, x in enumerate(batched_inputs):  # output sizes differ per image
-            image_size = images.image_sizes[i]
+            image_size = tuple(images.image_sizes[i])
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
             results.append(
-                self._postprocess_image(
-                    th_probs[i][th_valid[i]],
-                    th_scores[i][th_valid[i]],
-                    th_classes[i][th_valid[i]],
-                    st_probs[i],
-                    st_present[i],
-                    stride,
-                    image_size,
-                    out_size,
-                )
+                postprocess_image(pred, i, stride, image_size, out_size, self.inference_settings)
             )
         return results
-
-    def _postprocess_image(
-        self,
-        thing_probs: torch.Tensor,
-        thing_scores: torch.Tensor,
-        thing_classes: torch.Tensor,
-        stuff_probs: torch.Tensor,
-        stuff_present: torch.Tensor,
-        stride: int,
-        image_size: tuple[int, int],
-        out_size: tuple[int, int],
-    ) -> dict[str, Any]:
-        """One image: (K, Hf, Wf) thing and (S, Hf, Wf) stuff probabilities -> output dict."""
-        p = self.inference_params
-        masks = resize_probs(thing_probs, stride, image_size, out_size) > p["mask_thres"]
-        instances = Instances(out_size)
-        instances.pred_masks = masks
-        instances.pred_boxes = masks_to_boxes(masks)
-        instances.scores = thing_scores
-        instances.pred_classes = thing_classes
-        present = torch.nonzero(stuff_present).flatten()
-        sem_seg = stuff_probs.new_zeros((stuff_probs.shape[0], *out_size))
-        sem_seg[present] = resize_probs(stuff_probs[present], stride, image_size, out_size)
-        result = {"instances": instances, "sem_seg": sem_seg}
-        if p["combine"]:
-            result["panoptic_seg"] = combine_panoptic(
-                masks,
-                thing_scores,
-                thing_classes,
-                sem_seg,
-                overlap_thresh=p["overlap_thresh"],
-                stuff_area_limit=p["stuff_area_limit"],
-                inst_thresh=p["inst_thresh"],
-                thing_channel=0 if self.with_thing else None,
-                stuff_category_offset=0 if self.with_thing else 1,
-            )
-        return result
