@@ -17,10 +17,13 @@ throttled machine slows them alike; ratios against the first config are printed:
         --input-size 800x1333 --iters 3 --warmup 1 MODEL.RESNETS.DEPTH 50
 
 ``path::KEY=VALUE,KEY=VALUE`` overrides keys of one config; trailing ``KEY VALUE`` pairs apply to
-all. Inputs are random images with random box-shaped instances and random semantic labels. Random
-heads score every class near 1/K, so ``ROI_HEADS.SCORE_THRESH_TEST`` is set to 0 (unless
-``--keep-score-thresh``) to make inference run the mask head on DETECTIONS_PER_IMAGE boxes, as a
-trained model does.
+all. ``--same-weights`` loads the first model's weights into every other one (strict: same
+parameter names) and compares their inference outputs with the first one's (e.g. our Panoptic
+FPN vs detectron2's with ``MODEL.SEM_SEG_HEAD.NAME=SemSegFPNHead``); ``--no-train`` times
+inference only. Inputs are random images with random box-shaped instances and random semantic
+labels. Random heads score every class near 1/K, so ``ROI_HEADS.SCORE_THRESH_TEST`` is set to 0
+(unless ``--keep-score-thresh``) to make inference run the mask head on DETECTIONS_PER_IMAGE
+boxes, as a trained model does.
 """
 
 from __future__ import annotations
@@ -240,6 +243,57 @@ def count_gflops(bench: Bench, inputs: list[dict]) -> float:
         return analysis.total() / 1e9
 
 
+def share_weights(benches: list[Bench]) -> None:
+    """Load the first model's state dict into every other model (strict)."""
+    state = benches[0].model.state_dict()
+    for b in benches[1:]:
+        try:
+            b.model.load_state_dict(state)
+        except RuntimeError as e:
+            raise SystemExit(f"--same-weights: {b.name} has other parameters: {e}") from e
+
+
+def _flat_outputs(out: dict) -> dict[str, torch.Tensor]:
+    """Named tensors of one detectron2 output dict (segments_info as its own entries)."""
+    flat = {}
+    if "sem_seg" in out:
+        flat["sem_seg"] = out["sem_seg"]
+    if "panoptic_seg" in out:
+        pan, info = out["panoptic_seg"]
+        flat["panoptic_seg"] = pan
+        flat["segments_info"] = torch.tensor(
+            [[s["id"], s["category_id"], s["isthing"]] for s in info], dtype=torch.float64
+        ).view(-1, 3)
+    inst = out.get("instances")
+    if inst is not None:
+        for k in ("pred_boxes", "scores", "pred_classes", "pred_masks"):
+            if inst.has(k):
+                v = inst.get(k)
+                flat[f"instances.{k}"] = v.tensor if hasattr(v, "tensor") else v
+    return flat
+
+
+def compare_inference_outputs(benches: list[Bench], inputs: list[dict]) -> str:
+    """One line per config: identical to the first config's outputs, or the differences."""
+    outputs = []
+    for b in benches:
+        b.model.eval()
+        with torch.no_grad():
+            outputs.append(_flat_outputs(b.model(inputs)[0]))
+    lines = []
+    for b, out in zip(benches[1:], outputs[1:]):
+        diffs = []
+        for k, ref in outputs[0].items():
+            v = out.get(k)
+            if v is None or v.shape != ref.shape:
+                diffs.append(f"{k} shape {None if v is None else tuple(v.shape)}")
+            elif not torch.equal(v, ref):
+                diffs.append(f"{k} max abs {float((v.double() - ref.double()).abs().max()):.2e}")
+        verdict = "identical outputs" if not diffs else "; ".join(diffs)
+        lines.append(f"{b.name} vs {benches[0].name}: {verdict}")
+    return "\n".join(lines)
+
+
 def _ratio(value: float, ref: float) -> str:
     return f"{value / ref:.3f}" if ref and ref == ref and value == value else "-"
 
@@ -289,11 +343,16 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     parser.add_argument(
         "--calibrate-bn", action="store_true", help="FrozenBN statistics from the train batch"
     )
+    parser.add_argument("--same-weights", action="store_true", help="first model's weights")
+    parser.add_argument("--no-train", action="store_true", help="time inference only")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every config")
     args = parser.parse_args(argv)
     if args.iters < 0 or args.warmup < 0:
         parser.error("--iters and --warmup must be >= 0")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     height, width = args.input_size
     benches = []
     for spec in args.config_file:
@@ -312,14 +371,19 @@ def main(argv: list[str] | None = None) -> list[Bench]:
         benches.append(Bench(spec, cfg, model, optimizer, inputs, params=num_params, amp=amp))
     image = benches[0].train_inputs[0]["image"]
     infer_inputs = [{"image": image, "height": height, "width": width}]
+    if args.same_weights:
+        share_weights(benches)
 
     for _ in range(args.warmup if args.iters else 0):
         for b in benches:
-            train_step(b, b.train_inputs)
+            if not args.no_train:
+                train_step(b, b.train_inputs)
             infer_step(b, infer_inputs)
     for it in range(args.iters):
         for b in benches:
-            if it == args.iters - 1:
+            if args.no_train:
+                pass
+            elif it == args.iters - 1:
                 with peak_memory(args.device, lambda v, b=b: setattr(b, "train_mem", v)):
                     b.train_times.append(train_step(b, b.train_inputs))
             else:
@@ -337,6 +401,8 @@ def main(argv: list[str] | None = None) -> list[Bench]:
         + (", calibrated FrozenBN" if args.calibrate_bn else "")
     )
     print(format_table(benches))
+    if args.same_weights:
+        print(compare_inference_outputs(benches, infer_inputs))
     return benches
 
 

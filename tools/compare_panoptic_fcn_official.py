@@ -6,7 +6,7 @@ and side-by-side speed on the same weights and images.
         [--config-file OURS.yaml] [--official-config-file THEIRS.yaml] [--weights OURS.pth] \\
         [--save-weights OUT.pth] [--num-images N] [--size HxW] [--images dataset|random|blank] \\
         [--our-batch] [--no-calibrate] [--time [--repeats R] [--batch-sizes 1,2,4] \\
-        [--train-step] [--threads T]] [KEY VALUE ...]
+        [--variant NAME:KEY=VALUE,...] [--train-step] [--threads T]] [KEY VALUE ...]
 
 The official package ``panopticfcn`` is imported at run time from the user's checkout
 (``--official-root``); nothing of it is part of this project. Both models are built on CPU and
@@ -46,9 +46,13 @@ Timing (``--time``): after ``--warmup`` rounds, ``--repeats`` rounds in which th
 shared machine slows them alike; medians per image of the total and of four stages timed by
 forward hooks on both models: backbone+FPN, encoder (semantic FPN + encoder tower), heads
 (position + kernel heads over all levels, DCN included), inference/merge (the rest: input
-normalisation, candidates, masks, panoptic merge). Counts per image (official candidates,
+normalisation, candidates, masks, panoptic merge). Each ``--variant`` adds one more of our
+models (same weights, config overrides after the colon) to the alternation, so that speed
+options can be measured one at a time. Counts per image (official candidates,
 instances, segments) show a degenerate run. ``--train-step`` times forward + backward of both
 in train mode on the same annotated batch (synthetic train images at ``INPUT.MIN_SIZE_TRAIN``).
+``--clock cpu`` times with this process's CPU time instead of wall time: with ``--threads 1``
+that is the work done, unaffected by other load on a shared machine.
 
 Run-time shims (only inside this process; none changes the maths):
 
@@ -565,12 +569,16 @@ def _parity_row(item: dict, out_a: dict, out_b: dict, inter: list, tol: Toleranc
 # Timing
 # ---------------------------------------------------------------------------------------------
 STAGES = ("backbone+FPN", "encoder", "heads (incl. DCN)", "inference/merge")
+# Timing clocks: wall time, or this process's CPU time (with one thread: the work done,
+# whatever else the machine runs).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 class StageTimer:
     """Wall time of module calls, summed per stage name (forward pre/post hooks)."""
 
-    def __init__(self, stages: dict[str, list[torch.nn.Module]]):
+    def __init__(self, stages: dict[str, list[torch.nn.Module]], clock=time.perf_counter):
+        self.clock = clock
         self.totals: dict[str, float] = {}
         self._start: dict[int, float] = {}
         self.handles = []
@@ -580,11 +588,11 @@ class StageTimer:
                 self.handles.append(m.register_forward_hook(self._post(name)))
 
     def _pre(self, mod, args):
-        self._start[id(mod)] = time.perf_counter()
+        self._start[id(mod)] = self.clock()
 
     def _post(self, name: str):
         def hook(mod, args, out):
-            dt = time.perf_counter() - self._start.pop(id(mod))
+            dt = self.clock() - self._start.pop(id(mod))
             self.totals[name] = self.totals.get(name, 0.0) + dt
 
         return hook
@@ -592,30 +600,33 @@ class StageTimer:
     def run(self, fn, *args) -> tuple[Any, dict[str, float]]:
         """``fn(*args)`` -> (its result, seconds per stage incl. "total" and the rest)."""
         self.totals = {}
-        t0 = time.perf_counter()
+        t0 = self.clock()
         out = fn(*args)
-        total = time.perf_counter() - t0
+        total = self.clock() - t0
         times = dict(self.totals, total=total)
         times[STAGES[3]] = total - sum(self.totals.values())
         return out, times
 
 
-def _stage_timers(models: Models) -> tuple[StageTimer, StageTimer]:
-    ours, theirs = models.ours, models.theirs
+def _stage_timers(ours: torch.nn.Module, theirs: torch.nn.Module | None, clock) -> tuple:
     heads = "heads (incl. DCN)"
     timer_a = StageTimer(
         {
             "backbone+FPN": [ours.backbone],
             "encoder": [ours.encoder],
             heads: [ours.position_head, ours.kernel_head],
-        }
+        },
+        clock,
     )
+    if theirs is None:
+        return timer_a, None
     timer_b = StageTimer(
         {
             "backbone+FPN": [theirs.backbone],
             "encoder": [theirs.semantic_fpn, theirs.feature_encoder],
             heads: [theirs.position_head, theirs.kernel_head],
-        }
+        },
+        clock,
     )
     return timer_a, timer_b
 
@@ -626,11 +637,25 @@ class Series:
 
     name: str
     batch: int
+    model: torch.nn.Module
+    timer: StageTimer
     times: list[dict[str, float]] = field(default_factory=list)
     counts: str = ""
 
     def median(self, key: str) -> float:
         return statistics.median(t[key] for t in self.times) / self.batch
+
+
+def build_variants(models: Models, cfg_file: str, opts: list[str], specs: list[str]) -> dict:
+    """``--variant NAME:KEY=VALUE,KEY=VALUE``: more of our models, same weights."""
+    variants = {}
+    for spec in specs:
+        name, _, pairs = spec.partition(":")
+        extra = [x for pair in pairs.split(",") if pair for x in pair.split("=", 1)]
+        model = build_model(our_config(cfg_file, list(opts) + extra))
+        model.load_state_dict(models.ours.state_dict())
+        variants[name] = model.eval()
+    return variants
 
 
 def _official_counts(theirs: torch.nn.Module) -> tuple[list[int], list]:
@@ -652,22 +677,22 @@ def _describe_outputs(outs: list[dict]) -> str:
 
 
 @torch.no_grad()
-def run_timing(models: Models, inputs: list[dict], args) -> None:
-    """Alternate the official model and ours at each batch size; print medians per image."""
-    timer_a, timer_b = _stage_timers(models)
+def run_timing(models: Models, inputs: list[dict], args, variants: dict) -> None:
+    """Alternate the official model, ours at each batch size and each variant (batch 1);
+    print medians per image."""
+    clock = CLOCKS[args.clock]
+    timer_a, timer_b = _stage_timers(models.ours, models.theirs, clock)
     counts, handles = _official_counts(models.theirs)
-    series = [Series("official", 1)] + [Series("ours", b) for b in args.batch_sizes]
+    series = [Series("official", 1, models.theirs, timer_b)]
+    series += [Series("ours", b, models.ours, timer_a) for b in args.batch_sizes]
+    series += [Series(k, 1, m, _stage_timers(m, None, clock)[0]) for k, m in variants.items()]
     images = [_model_input(it) for it in inputs]
     for r in range(args.warmup + args.repeats):
         for s in series:
-            timer, model = (
-                (timer_b, models.theirs) if s.name == "official" else (timer_a, models.ours)
-            )
             for start in range(0, len(images), s.batch):
                 batch = [images[(start + j) % len(images)] for j in range(s.batch)]
-                if s.name == "official" and s.batch == 1:
-                    counts.clear()
-                out, times = timer.run(model, batch)
+                counts.clear()
+                out, times = s.timer.run(s.model, batch)
                 if r >= args.warmup:
                     s.times.append(times)
                 s.counts = _describe_outputs(out)
@@ -683,14 +708,14 @@ def _print_timing(series: list[Series], args) -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(
         f"\nmedian seconds per image over {args.repeats} alternated rounds (after "
-        f"{args.warmup} warm-up), {torch.get_num_threads()} threads; {load}"
+        f"{args.warmup} warm-up), {torch.get_num_threads()} threads, {args.clock} clock; {load}"
     )
-    head = f"{'model':<14}" + "".join(f"{k:>19}" for k in (*STAGES, "total")) + "  vs official"
+    head = f"{'model':<20}" + "".join(f"{k:>19}" for k in (*STAGES, "total")) + "  vs official"
     print(head + "\n" + "-" * len(head))
     for s in series:
         cells = "".join(f"{s.median(k):>19.3f}" for k in (*STAGES, "total"))
         ratio = s.median("total") / ref.median("total")
-        print(f"{s.name + f' (batch {s.batch})':<14}{cells}  x{ratio:.3f}")
+        print(f"{s.name + f' (batch {s.batch})':<20}{cells}  x{ratio:.3f}")
     for s in series:
         print(f"  {s.name} batch {s.batch}: {s.counts}")
 
@@ -703,12 +728,12 @@ def run_train_timing(models: Models, batch: list[dict], args) -> None:
         for name, model in (("official", models.theirs), ("ours", models.ours)):
             model.train()
             model.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
+            t0 = CLOCKS[args.clock]()
             with EventStorage():
                 loss_dict = model([dict(x) for x in batch])
             sum(loss_dict.values()).backward()
             if r >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(CLOCKS[args.clock]() - t0)
             losses[name] = {k: round(float(v.detach()), 4) for k, v in loss_dict.items()}
             model.eval()
     size = "x".join(map(str, batch[0]["image"].shape[-2:]))
@@ -748,9 +773,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--batch-sizes", default="1", help="ours, e.g. 1,2,4")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="timing: another of our models, NAME:KEY=VALUE,KEY=VALUE (same weights)",
+    )
     parser.add_argument("--train-step", action="store_true", help="also time a train step")
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE (our key names)")
     args = parser.parse_args(argv)
@@ -775,7 +809,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"saved our weights to {args.save_weights} (reuse with --weights)")
         if not args.time:
             return 1 if run_parity(models, inputs, args.our_batch) else 0
-        run_timing(models, inputs, args)
+        variants = build_variants(models, args.config_file, args.opts, args.variant)
+        run_timing(models, inputs, args, variants)
         if args.train_step:
             run_train_timing(models, train_inputs(cfg, args.train_batch), args)
     return 0

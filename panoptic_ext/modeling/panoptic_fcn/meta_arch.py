@@ -10,6 +10,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
+from ...layers.conv_bn_fold import fold_frozen_batchnorm
+from ...layers.modulated_deform_conv import ModulatedDeformConvBlock
 from .encoder import FeatureEncoder
 from .heads import KernelEmbedding, KernelHead, PositionHead
 from .inference import InferenceSettings, LowResPredictions, lowres_predictions
@@ -18,7 +20,7 @@ from .losses import panoptic_fcn_losses
 from .postprocess import postprocess_image
 from .targets import build_targets, collate_ground_truth
 
-__all__ = ["PanopticFCN", "HeadOutputs"]
+__all__ = ["PanopticFCN", "HeadOutputs", "NetworkOptions"]
 
 
 @dataclass
@@ -34,6 +36,16 @@ class HeadOutputs:
     region_logits: list[torch.Tensor]
     kernel_maps: list[torch.Tensor]
     encode_feat: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """Speed options of the network (``MODEL.PANOPTIC_FCN.INFERENCE`` keys in brackets); none
+    changes the maths beyond float rounding."""
+
+    deform_conv_gather: bool = False  # DEFORM_CONV_GATHER
+    fold_frozen_bn: bool = False  # FOLD_FROZEN_BN
+    channels_last: bool = False  # CHANNELS_LAST
 
 
 @META_ARCH_REGISTRY.register()
@@ -66,6 +78,7 @@ class PanopticFCN(nn.Module):
         target_params: dict[str, Any],
         loss_params: dict[str, Any],
         inference: InferenceSettings,
+        network_options: NetworkOptions = NetworkOptions(),
     ):
         """
         Args:
@@ -78,6 +91,7 @@ class PanopticFCN(nn.Module):
             target_params: keyword arguments of :func:`targets.build_targets` (settings only).
             loss_params: keyword arguments of :func:`losses.panoptic_fcn_losses` (settings only).
             inference: thresholds and caps of inference.
+            network_options: speed options (see :class:`NetworkOptions`).
         """
         super().__init__()
         self.backbone = backbone
@@ -106,6 +120,12 @@ class PanopticFCN(nn.Module):
             )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.network_options = network_options
+        for m in self.modules():
+            if isinstance(m, ModulatedDeformConvBlock):
+                m.gather_inference = network_options.deform_conv_gather
+        if network_options.fold_frozen_bn:
+            fold_frozen_batchnorm(self.backbone)
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
@@ -202,7 +222,20 @@ class PanopticFCN(nn.Module):
                 thing_channel=0 if st.WITH_THING else None,
                 stuff_category_offset=0 if st.WITH_THING else 1,
             ),
+            "network_options": NetworkOptions(
+                deform_conv_gather=inf.DEFORM_CONV_GATHER,
+                fold_frozen_bn=inf.FOLD_FROZEN_BN,
+                channels_last=inf.CHANNELS_LAST,
+            ),
         }
+
+    def train(self, mode: bool = True) -> "PanopticFCN":
+        """Also switches the parameters' memory format with ``CHANNELS_LAST`` (channels-last in
+        eval mode only, so training is unchanged)."""
+        super().train(mode)
+        if self.network_options.channels_last:
+            self.to(memory_format=torch.contiguous_format if mode else torch.channels_last)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -245,6 +278,8 @@ class PanopticFCN(nn.Module):
         """The network at inference: normalised, padded (N, 3, H, W) images -> batched low-res
         predictions (tensors only, fixed shapes for a given input size; what an exporter
         exports). :func:`postprocess.postprocess_image` turns them into detectron2 outputs."""
+        if self.network_options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         out = self.forward_heads(images)
         return lowres_predictions(
             out.center_logits,
