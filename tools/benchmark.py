@@ -326,6 +326,26 @@ def format_table(benches: list[Bench]) -> str:
     return "\n".join(rows)
 
 
+def run_iterations(benches: list[Bench], infer_inputs: list[dict], args) -> None:
+    """Warm-up, then ``args.iters`` rounds; in each round every config runs once (interleaved)."""
+    for _ in range(args.warmup if args.iters else 0):
+        for b in benches:
+            if not args.no_train:
+                train_step(b, b.train_inputs)
+            infer_step(b, infer_inputs)
+    for it in range(args.iters):
+        for b in benches:
+            if args.no_train:
+                pass
+            elif it == args.iters - 1:
+                with peak_memory(args.device, lambda v, b=b: setattr(b, "train_mem", v)):
+                    b.train_times.append(train_step(b, b.train_inputs))
+            else:
+                b.train_times.append(train_step(b, b.train_inputs))
+            b.infer_times.append(infer_step(b, infer_inputs))
+            print(f"iteration {it + 1}/{args.iters}: {b.name} done", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> list[Bench]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", action="append", required=True, metavar="PATH[::K=V,...]")
@@ -374,22 +394,7 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     if args.same_weights:
         share_weights(benches)
 
-    for _ in range(args.warmup if args.iters else 0):
-        for b in benches:
-            if not args.no_train:
-                train_step(b, b.train_inputs)
-            infer_step(b, infer_inputs)
-    for it in range(args.iters):
-        for b in benches:
-            if args.no_train:
-                pass
-            elif it == args.iters - 1:
-                with peak_memory(args.device, lambda v, b=b: setattr(b, "train_mem", v)):
-                    b.train_times.append(train_step(b, b.train_inputs))
-            else:
-                b.train_times.append(train_step(b, b.train_inputs))
-            b.infer_times.append(infer_step(b, infer_inputs))
-            print(f"iteration {it + 1}/{args.iters}: {b.name} done", file=sys.stderr, flush=True)
+    run_iterations(benches, infer_inputs, args)
     if not args.no_flops:
         for b in benches:
             b.gflops = count_gflops(b, infer_inputs)

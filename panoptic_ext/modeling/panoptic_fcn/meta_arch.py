@@ -48,6 +48,40 @@ class NetworkOptions:
     channels_last: bool = False  # CHANNELS_LAST
 
 
+def inference_settings_from_config(cfg) -> InferenceSettings:
+    """:class:`InferenceSettings` from ``MODEL.PANOPTIC_FCN``."""
+    p = cfg.MODEL.PANOPTIC_FCN
+    th, st, inf = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF, p.INFERENCE
+    return InferenceSettings(
+        thing_thres=th.THRES,
+        stuff_thres=st.THRES,
+        top_num=th.TOP_NUM,
+        level_top_num=th.LEVEL_TOP_NUM,
+        peak_smooth_sizes=tuple(th.PEAK_SMOOTH_SIZES),
+        peak_pool_size=th.PEAK_POOL_SIZE,
+        mask_thres=inf.INST_THRES,
+        similar_thres=inf.SIMILAR_THRES,
+        class_specific=inf.CLASS_SPECIFIC,
+        score_floor=inf.SCORE_FLOOR,
+        combine=inf.COMBINE.ENABLE,
+        overlap_thresh=inf.COMBINE.OVERLAP_THRESH,
+        stuff_area_limit=inf.COMBINE.STUFF_AREA_LIMIT,
+        inst_thresh=inf.COMBINE.INST_THRESH,
+        thing_channel=0 if st.WITH_THING else None,
+        stuff_category_offset=0 if st.WITH_THING else 1,
+    )
+
+
+def network_options_from_config(cfg) -> NetworkOptions:
+    """:class:`NetworkOptions` from ``MODEL.PANOPTIC_FCN.INFERENCE``."""
+    inf = cfg.MODEL.PANOPTIC_FCN.INFERENCE
+    return NetworkOptions(
+        deform_conv_gather=inf.DEFORM_CONV_GATHER,
+        fold_frozen_bn=inf.FOLD_FROZEN_BN,
+        channels_last=inf.CHANNELS_LAST,
+    )
+
+
 @META_ARCH_REGISTRY.register()
 class PanopticFCN(nn.Module):
     """Backbone -> feature encoder (stride 4, E channels) + per-level position and kernel heads.
@@ -121,11 +155,7 @@ class PanopticFCN(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.network_options = network_options
-        for m in self.modules():
-            if isinstance(m, ModulatedDeformConvBlock):
-                m.gather_inference = network_options.deform_conv_gather
-        if network_options.fold_frozen_bn:
-            fold_frozen_batchnorm(self.backbone)
+        self._apply_network_options()
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
@@ -171,7 +201,6 @@ class PanopticFCN(nn.Module):
             ConvTower(in_ch, kh.CONVS_DIM, kh.NUM_CONVS, kh.NORM, kh.DEFORM, kh.COORD)
         )
         emb = fe.FEATURE_ENCODER.CONVS_DIM
-        inf = p.INFERENCE
         return {
             "backbone": backbone,
             "encoder": encoder,
@@ -204,30 +233,16 @@ class PanopticFCN(nn.Module):
                 "position_weight": p.LOSS.POSITION_WEIGHT,
                 "segment_weight": p.LOSS.SEGMENT_WEIGHT,
             },
-            "inference": InferenceSettings(
-                thing_thres=th.THRES,
-                stuff_thres=st.THRES,
-                top_num=th.TOP_NUM,
-                level_top_num=th.LEVEL_TOP_NUM,
-                peak_smooth_sizes=tuple(th.PEAK_SMOOTH_SIZES),
-                peak_pool_size=th.PEAK_POOL_SIZE,
-                mask_thres=inf.INST_THRES,
-                similar_thres=inf.SIMILAR_THRES,
-                class_specific=inf.CLASS_SPECIFIC,
-                score_floor=inf.SCORE_FLOOR,
-                combine=inf.COMBINE.ENABLE,
-                overlap_thresh=inf.COMBINE.OVERLAP_THRESH,
-                stuff_area_limit=inf.COMBINE.STUFF_AREA_LIMIT,
-                inst_thresh=inf.COMBINE.INST_THRESH,
-                thing_channel=0 if st.WITH_THING else None,
-                stuff_category_offset=0 if st.WITH_THING else 1,
-            ),
-            "network_options": NetworkOptions(
-                deform_conv_gather=inf.DEFORM_CONV_GATHER,
-                fold_frozen_bn=inf.FOLD_FROZEN_BN,
-                channels_last=inf.CHANNELS_LAST,
-            ),
+            "inference": inference_settings_from_config(cfg),
+            "network_options": network_options_from_config(cfg),
         }
+
+    def _apply_network_options(self) -> None:
+        for m in self.modules():
+            if isinstance(m, ModulatedDeformConvBlock):
+                m.gather_inference = self.network_options.deform_conv_gather
+        if self.network_options.fold_frozen_bn:
+            fold_frozen_batchnorm(self.backbone)
 
     def train(self, mode: bool = True) -> "PanopticFCN":
         """Also switches the parameters' memory format with ``CHANNELS_LAST`` (channels-last in

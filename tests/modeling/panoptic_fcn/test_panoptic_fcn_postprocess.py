@@ -12,9 +12,14 @@ threshold; everything computed from the masks must then be identical.
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.structures import BitMasks
 
-from panoptic_ext.modeling.panoptic_fcn.inference import InferenceSettings, LowResPredictions
+from panoptic_ext.modeling.panoptic_fcn.inference import (
+    InferenceSettings,
+    LowResPredictions,
+    _max_filter,
+)
 from panoptic_ext.modeling.panoptic_fcn.postprocess import (
     MaskCrops,
     postprocess_image,
@@ -181,3 +186,11 @@ def test_postprocess_equals_the_definition(out_size):
     assert torch.equal(out["panoptic_seg"][0], pan)
     assert out["panoptic_seg"][1] == info
     assert sum(s["isthing"] for s in info) >= 3 and sum(not s["isthing"] for s in info) >= 2
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_peak_max_filter_equals_max_pool(size):
+    x = torch.rand(2, 3, 9, 13, generator=torch.Generator().manual_seed(size))
+    x[0, 0, :3, :3] = 0.5  # plateaus: ties must stay ties
+    ref = F.max_pool2d(x, size, stride=1, padding=(size - 1) // 2)
+    assert torch.equal(_max_filter(x, size), ref)
