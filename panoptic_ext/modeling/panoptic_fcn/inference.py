@@ -69,6 +69,12 @@ class LowResPredictions:
     stuff_present: torch.Tensor
 
 
+def _capped(size, cap: int):
+    """``min(size, cap)``; under tracing ``size`` is a tensor and stays a graph expression
+    (detectron2's idiom in ``find_top_rpn_proposals``)."""
+    return torch.clamp(size, max=cap) if isinstance(size, torch.Tensor) else min(size, cap)
+
+
 def _max_filter(x: torch.Tensor, size: int) -> torch.Tensor:
     """``F.max_pool2d(x, size, 1, (size - 1) // 2)`` for odd ``size``, as separable maxima of
     shifted slices (equal bits; ~7x faster on CPU than max_pool2d, which also finds indices).
@@ -115,7 +121,7 @@ def thing_candidates(
     c = (c + F.avg_pool2d(c, smooth_size, stride=1, padding=pad)) / 2
     c = c * (c == _max_filter(c, pool_size))
     n, t, h, w = c.shape
-    k = min(h * w, top_k)
+    k = _capped(h * w, top_k)
     per_cls, pos = c.flatten(2).topk(k, dim=2)  # (N, T, K)
     scores, flat = per_cls.flatten(1).topk(k, dim=1)  # (N, K)
     classes = flat // k
@@ -201,7 +207,7 @@ def rescore_things(
     maskness = torch.where(m, probs, 0.0).sum(-1) / (count + 1e-6)
     s = torch.where(keep, scores * maskness, torch.full_like(scores, -1.0))
     s, order = s.sort(dim=1, descending=True)
-    n_keep = min(s.shape[1], top_num)
+    n_keep = _capped(s.shape[1], top_num)
     s, order = s[:, :n_keep], order[:, :n_keep]
     return order, s, s >= score_floor
 
