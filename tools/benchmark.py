@@ -66,6 +66,8 @@ class Bench:
     infer_times: list[float] = field(default_factory=list)
     params: int = 0
     gflops: float = float("nan")
+    # Wall time, or process CPU time (``--clock cpu``: with one thread, independent of load).
+    clock: Callable[[], float] = time.perf_counter
     train_mem: float = float("nan")
     amp: torch.dtype | None = None  # autocast dtype of the timed steps (None: fp32)
 
@@ -213,7 +215,7 @@ def calibrate_frozen_bn(model: torch.nn.Module, inputs: list[dict]) -> int:
 def train_step(bench: Bench, inputs: list[dict]) -> float:
     bench.model.train()
     _sync(bench.cfg.MODEL.DEVICE)
-    start = time.perf_counter()
+    start = bench.clock()
     with EventStorage(), autocast(bench.cfg.MODEL.DEVICE, bench.amp):
         losses = bench.model(inputs)
     loss = sum(losses.values())
@@ -221,17 +223,17 @@ def train_step(bench: Bench, inputs: list[dict]) -> float:
     loss.backward()
     bench.optimizer.step()
     _sync(bench.cfg.MODEL.DEVICE)
-    return time.perf_counter() - start
+    return bench.clock() - start
 
 
 def infer_step(bench: Bench, inputs: list[dict]) -> float:
     bench.model.eval()
     _sync(bench.cfg.MODEL.DEVICE)
-    start = time.perf_counter()
+    start = bench.clock()
     with torch.no_grad(), autocast(bench.cfg.MODEL.DEVICE, bench.amp):
         bench.model(inputs)
     _sync(bench.cfg.MODEL.DEVICE)
-    return time.perf_counter() - start
+    return bench.clock() - start
 
 
 def count_gflops(bench: Bench, inputs: list[dict]) -> float:
@@ -366,6 +368,9 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     parser.add_argument("--same-weights", action="store_true", help="first model's weights")
     parser.add_argument("--no-train", action="store_true", help="time inference only")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every config")
     args = parser.parse_args(argv)
     if args.iters < 0 or args.warmup < 0:
@@ -388,7 +393,10 @@ def main(argv: list[str] | None = None) -> list[Bench]:
         if args.calibrate_bn:
             calibrate_frozen_bn(model, inputs)
         amp = AMP_DTYPES.get(args.amp)
-        benches.append(Bench(spec, cfg, model, optimizer, inputs, params=num_params, amp=amp))
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        benches.append(
+            Bench(spec, cfg, model, optimizer, inputs, params=num_params, amp=amp, clock=clock)
+        )
     image = benches[0].train_inputs[0]["image"]
     infer_inputs = [{"image": image, "height": height, "width": width}]
     if args.same_weights:
@@ -402,7 +410,7 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     print(
         f"device {args.device}, input {height}x{width}, train batch {args.batch_size}, "
         f"median of {args.iters} iterations after {args.warmup} warm-up, "
-        f"torch threads {torch.get_num_threads()}, {args.amp or 'fp32'}"
+        f"torch threads {torch.get_num_threads()}, {args.clock} clock, {args.amp or 'fp32'}"
         + (", calibrated FrozenBN" if args.calibrate_bn else "")
     )
     print(format_table(benches))
