@@ -17,10 +17,13 @@ throttled machine slows them alike; ratios against the first config are printed:
         --input-size 800x1333 --iters 3 --warmup 1 MODEL.RESNETS.DEPTH 50
 
 ``path::KEY=VALUE,KEY=VALUE`` overrides keys of one config; trailing ``KEY VALUE`` pairs apply to
-all. Inputs are random images with random box-shaped instances and random semantic labels. Random
-heads score every class near 1/K, so ``ROI_HEADS.SCORE_THRESH_TEST`` is set to 0 (unless
-``--keep-score-thresh``) to make inference run the mask head on DETECTIONS_PER_IMAGE boxes, as a
-trained model does.
+all. ``--same-weights`` loads the first model's weights into every other one (strict: same
+parameter names) and compares their inference outputs with the first one's (e.g. our Panoptic
+FPN vs detectron2's with ``MODEL.SEM_SEG_HEAD.NAME=SemSegFPNHead``); ``--no-train`` times
+inference only. Inputs are random images with random box-shaped instances and random semantic
+labels. Random heads score every class near 1/K, so ``ROI_HEADS.SCORE_THRESH_TEST`` is set to 0
+(unless ``--keep-score-thresh``) to make inference run the mask head on DETECTIONS_PER_IMAGE
+boxes, as a trained model does.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class Bench:
     infer_times: list[float] = field(default_factory=list)
     params: int = 0
     gflops: float = float("nan")
+    # Wall time, or process CPU time (``--clock cpu``: with one thread, independent of load).
+    clock: Callable[[], float] = time.perf_counter
     train_mem: float = float("nan")
     amp: torch.dtype | None = None  # autocast dtype of the timed steps (None: fp32)
 
@@ -205,7 +210,7 @@ def calibrate_frozen_bn(model: torch.nn.Module, inputs: list[dict]) -> int:
 def train_step(bench: Bench, inputs: list[dict]) -> float:
     bench.model.train()
     _sync(bench.cfg.MODEL.DEVICE)
-    start = time.perf_counter()
+    start = bench.clock()
     with EventStorage(), autocast(bench.cfg.MODEL.DEVICE, bench.amp):
         losses = bench.model(inputs)
     loss = sum(losses.values())
@@ -213,17 +218,17 @@ def train_step(bench: Bench, inputs: list[dict]) -> float:
     loss.backward()
     bench.optimizer.step()
     _sync(bench.cfg.MODEL.DEVICE)
-    return time.perf_counter() - start
+    return bench.clock() - start
 
 
 def infer_step(bench: Bench, inputs: list[dict]) -> float:
     bench.model.eval()
     _sync(bench.cfg.MODEL.DEVICE)
-    start = time.perf_counter()
+    start = bench.clock()
     with torch.no_grad(), autocast(bench.cfg.MODEL.DEVICE, bench.amp):
         bench.model(inputs)
     _sync(bench.cfg.MODEL.DEVICE)
-    return time.perf_counter() - start
+    return bench.clock() - start
 
 
 def count_gflops(bench: Bench, inputs: list[dict]) -> float:
@@ -233,6 +238,57 @@ def count_gflops(bench: Bench, inputs: list[dict]) -> float:
         analysis = FlopCountAnalysis(bench.model, [{"image": inputs[0]["image"]}])
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return analysis.total() / 1e9
+
+
+def share_weights(benches: list[Bench]) -> None:
+    """Load the first model's state dict into every other model (strict)."""
+    state = benches[0].model.state_dict()
+    for b in benches[1:]:
+        try:
+            b.model.load_state_dict(state)
+        except RuntimeError as e:
+            raise SystemExit(f"--same-weights: {b.name} has other parameters: {e}") from e
+
+
+def _flat_outputs(out: dict) -> dict[str, torch.Tensor]:
+    """Named tensors of one detectron2 output dict (segments_info as its own entries)."""
+    flat = {}
+    if "sem_seg" in out:
+        flat["sem_seg"] = out["sem_seg"]
+    if "panoptic_seg" in out:
+        pan, info = out["panoptic_seg"]
+        flat["panoptic_seg"] = pan
+        flat["segments_info"] = torch.tensor(
+            [[s["id"], s["category_id"], s["isthing"]] for s in info], dtype=torch.float64
+        ).view(-1, 3)
+    inst = out.get("instances")
+    if inst is not None:
+        for k in ("pred_boxes", "scores", "pred_classes", "pred_masks"):
+            if inst.has(k):
+                v = inst.get(k)
+                flat[f"instances.{k}"] = v.tensor if hasattr(v, "tensor") else v
+    return flat
+
+
+def compare_inference_outputs(benches: list[Bench], inputs: list[dict]) -> str:
+    """One line per config: identical to the first config's outputs, or the differences."""
+    outputs = []
+    for b in benches:
+        b.model.eval()
+        with torch.no_grad():
+            outputs.append(_flat_outputs(b.model(inputs)[0]))
+    lines = []
+    for b, out in zip(benches[1:], outputs[1:]):
+        diffs = []
+        for k, ref in outputs[0].items():
+            v = out.get(k)
+            if v is None or v.shape != ref.shape:
+                diffs.append(f"{k} shape {None if v is None else tuple(v.shape)}")
+            elif not torch.equal(v, ref):
+                diffs.append(f"{k} max abs {float((v.double() - ref.double()).abs().max()):.2e}")
+        verdict = "identical outputs" if not diffs else "; ".join(diffs)
+        lines.append(f"{b.name} vs {benches[0].name}: {verdict}")
+    return "\n".join(lines)
 
 
 def _ratio(value: float, ref: float) -> str:
@@ -267,6 +323,26 @@ def format_table(benches: list[Bench]) -> str:
     return "\n".join(rows)
 
 
+def run_iterations(benches: list[Bench], infer_inputs: list[dict], args) -> None:
+    """Warm-up, then ``args.iters`` rounds; in each round every config runs once (interleaved)."""
+    for _ in range(args.warmup if args.iters else 0):
+        for b in benches:
+            if not args.no_train:
+                train_step(b, b.train_inputs)
+            infer_step(b, infer_inputs)
+    for it in range(args.iters):
+        for b in benches:
+            if args.no_train:
+                pass
+            elif it == args.iters - 1:
+                with peak_memory(args.device, lambda v, b=b: setattr(b, "train_mem", v)):
+                    b.train_times.append(train_step(b, b.train_inputs))
+            else:
+                b.train_times.append(train_step(b, b.train_inputs))
+            b.infer_times.append(infer_step(b, infer_inputs))
+            print(f"iteration {it + 1}/{args.iters}: {b.name} done", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> list[Bench]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", action="append", required=True, metavar="PATH[::K=V,...]")
@@ -284,11 +360,19 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     parser.add_argument(
         "--calibrate-bn", action="store_true", help="FrozenBN statistics from the train batch"
     )
+    parser.add_argument("--same-weights", action="store_true", help="first model's weights")
+    parser.add_argument("--no-train", action="store_true", help="time inference only")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every config")
     args = parser.parse_args(argv)
     if args.iters < 0 or args.warmup < 0:
         parser.error("--iters and --warmup must be >= 0")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     height, width = args.input_size
     benches = []
     for spec in args.config_file:
@@ -304,23 +388,16 @@ def main(argv: list[str] | None = None) -> list[Bench]:
         if args.calibrate_bn:
             calibrate_frozen_bn(model, inputs)
         amp = AMP_DTYPES.get(args.amp)
-        benches.append(Bench(spec, cfg, model, optimizer, inputs, params=num_params, amp=amp))
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        benches.append(
+            Bench(spec, cfg, model, optimizer, inputs, params=num_params, amp=amp, clock=clock)
+        )
     image = benches[0].train_inputs[0]["image"]
     infer_inputs = [{"image": image, "height": height, "width": width}]
+    if args.same_weights:
+        share_weights(benches)
 
-    for _ in range(args.warmup if args.iters else 0):
-        for b in benches:
-            train_step(b, b.train_inputs)
-            infer_step(b, infer_inputs)
-    for it in range(args.iters):
-        for b in benches:
-            if it == args.iters - 1:
-                with peak_memory(args.device, lambda v, b=b: setattr(b, "train_mem", v)):
-                    b.train_times.append(train_step(b, b.train_inputs))
-            else:
-                b.train_times.append(train_step(b, b.train_inputs))
-            b.infer_times.append(infer_step(b, infer_inputs))
-            print(f"iteration {it + 1}/{args.iters}: {b.name} done", file=sys.stderr, flush=True)
+    run_iterations(benches, infer_inputs, args)
     if not args.no_flops:
         for b in benches:
             b.gflops = count_gflops(b, infer_inputs)
@@ -328,10 +405,12 @@ def main(argv: list[str] | None = None) -> list[Bench]:
     print(
         f"device {args.device}, input {height}x{width}, train batch {args.batch_size}, "
         f"median of {args.iters} iterations after {args.warmup} warm-up, "
-        f"torch threads {torch.get_num_threads()}, {args.amp or 'fp32'}"
+        f"torch threads {torch.get_num_threads()}, {args.clock} clock, {args.amp or 'fp32'}"
         + (", calibrated FrozenBN" if args.calibrate_bn else "")
     )
     print(format_table(benches))
+    if args.same_weights:
+        print(compare_inference_outputs(benches, infer_inputs))
     return benches
 
 

@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
-"""Output parity of our Panoptic FCN with the official implementation (dvlab-research/PanopticFCN).
+"""Our Panoptic FCN vs the official implementation (dvlab-research/PanopticFCN): output parity
+and side-by-side speed on the same weights and images.
 
     python tools/compare_panoptic_fcn_official.py --official-root /path/to/PanopticFCN \\
         [--config-file OURS.yaml] [--official-config-file THEIRS.yaml] [--weights OURS.pth] \\
-        [--num-images N] [--size HxW] [--images dataset|random|blank] [--our-batch]
-        [--no-calibrate] [KEY VALUE ...]
+        [--save-weights OUT.pth] [--num-images N] [--size HxW] [--images dataset|random|blank] \\
+        [--our-batch] [--no-calibrate] [--time [--repeats R] [--batch-sizes 1,2,4] \\
+        [--variant NAME:KEY=VALUE,...] [--train-step] [--threads T]] [KEY VALUE ...]
 
 The official package ``panopticfcn`` is imported at run time from the user's checkout
 (``--official-root``); nothing of it is part of this project. Both models are built on CPU and
 get the SAME weights:
 
-* ``--weights OURS.pth`` (e.g. a model trained with train_net.py): our checkpoint, renamed to
-  the official names by ``official_keys.ours_to_official`` and loaded strictly into the official
-  model;
-* otherwise the official model's random init, made informative by ``--calibrate`` (default on:
+* ``--weights OURS.pth`` (e.g. a model trained with train_net.py, or weights saved by
+  ``--save-weights``): our checkpoint, renamed to the official names by
+  ``official_keys.ours_to_official`` and loaded strictly into the official model;
+* otherwise the official model's random init, made informative by calibration (default on:
   data-dependent FrozenBN statistics and predictor scales, computed on the first image, because
   plain random weights give tied, sub-threshold scores), then converted to ours with
   ``official_keys.convert_official_state_dict`` (the converter's code path).
@@ -21,27 +23,36 @@ get the SAME weights:
 Configs: ours from ``--config-file`` + ``KEY VALUE`` overrides (our key names). The official
 config is the official defaults (``add_panopticfcn_config``) + ``--official-config-file`` if
 given, then every model/inference key of ours is translated to the official name
-(``OFFICIAL_KEYS``). With an official yaml, the keys it sets differently from ours are listed,
-and any of them not given as ``KEY VALUE`` is an error, so the pair really is the same model.
-Our keys that the official code hard-codes (per-level candidate cap = TOP_NUM // 2, smoothing
-pools [3,3,3,5,5], peak pool 3, score floor 0.05) must keep those values.
+(``official_keys.OFFICIAL_CONFIG_KEYS``). With an official yaml, the keys it sets differently
+from ours are listed, and any of them not given as ``KEY VALUE`` is an error, so the pair really
+is the same model. Our keys that the official code hard-codes (per-level candidate cap =
+TOP_NUM // 2, smoothing pools [3,3,3,5,5], peak pool 3, score floor 0.05) must keep those values.
 
-Both run in eval mode, one image per forward (the official inference only supports batch 1), on
-the same dataset dicts ``{"image": uint8 CxHxW in INPUT.FORMAT, "height", "width"}``: images of
+Inputs (``{"image": uint8 CxHxW in INPUT.FORMAT, "height", "width"}``): images of
 ``DATASETS.TEST[0]`` through our test mapper (resized per our cfg, or to ``--size``), smooth
-random images, or a uniform grey image (``blank``). With ``--our-batch`` our model runs all
-images as ONE batch (the official one still one by one). Compared per image:
+random images, or a uniform grey image (``blank``).
 
-* intermediates via forward hooks: backbone P2-P7, encoded feature, position-head and
-  kernel-head maps per level (fail above a relative difference of ``INTERMEDIATE_RTOL``), and the
-  embedded thing kernels of the candidates (reported only: their order depends on score ties);
-* outputs: ``panoptic_seg`` segments matched one to one (IoU > 0.5) with equal category_id,
-  isthing and |score difference| <= ``Tolerance.score_atol``; pixel agreement of the panoptic
-  maps after the matching >= ``Tolerance.min_pixel_agreement``; instance counts, classes and
-  scores; ``sem_seg`` max abs difference <= ``Tolerance.sem_seg_atol``.
-  Tolerances are float-rounding sized: 1e-4 on scores/probabilities; 99.99 % pixels, since a
-  probability within rounding of the 0.4 mask threshold may flip a pixel.
-Exit status 1 when any image differs beyond the tolerances (or the official code raises).
+Parity (default mode): both run in eval mode, the official one image per forward (its inference
+only supports batch 1); with ``--our-batch`` ours runs all images as ONE batch. Compared per
+image: intermediates via forward hooks (backbone P2-P7, encoded feature, position-head and
+kernel-head maps per level; fail above ``INTERMEDIATE_RTOL`` relative; the embedded thing
+kernels are reported only, their order depends on score ties) and the outputs through
+``panoptic_ext.evaluation.output_compare`` (segments matched one to one, scores within 1e-4,
+>= 99.99 % pixels, instance counts/classes/scores, sem_seg within 1e-4). Exit status 1 when any
+image differs beyond the tolerances (or the official code raises).
+
+Timing (``--time``): after ``--warmup`` rounds, ``--repeats`` rounds in which the official model
+(batch 1) and ours at every ``--batch-sizes`` entry run alternately on the same images, so a
+shared machine slows them alike; medians per image of the total and of four stages timed by
+forward hooks on both models: backbone+FPN, encoder (semantic FPN + encoder tower), heads
+(position + kernel heads over all levels, DCN included), inference/merge (the rest: input
+normalisation, candidates, masks, panoptic merge). Each ``--variant`` adds one more of our
+models (same weights, config overrides after the colon) to the alternation, so that speed
+options can be measured one at a time. Counts per image (official candidates,
+instances, segments) show a degenerate run. ``--train-step`` times forward + backward of both
+in train mode on the same annotated batch (synthetic train images at ``INPUT.MIN_SIZE_TRAIN``).
+``--clock cpu`` times with this process's CPU time instead of wall time: with ``--threads 1``
+that is the work done, unaffected by other load on a shared machine.
 
 Run-time shims (only inside this process; none changes the maths):
 
@@ -49,9 +60,10 @@ Run-time shims (only inside this process; none changes the maths):
    replaced by ``torchvision.ops.deform_conv2d`` with the same arguments. Both use the DCNv2
    layout: offset channels (dy, dx) per kernel tap, mask (N, 9, H, W), same bilinear sampling
    with zeros outside the map.
-2. Registry clash: both packages register ``PanopticFCN`` in ``META_ARCH_REGISTRY``; ours is
-   taken out of the registry while ``panopticfcn`` is imported and put back afterwards; the
-   official model is built by calling its class directly.
+2. Registry clash: both packages register ``PanopticFCN``; the official package is imported
+   while ``detectron2.modeling.meta_arch.build.META_ARCH_REGISTRY`` (the name it registers into)
+   is a private registry, so ours stays registered; the official model is built by calling its
+   class directly.
 3. The official config is built on its own ``CfgNode`` (``add_panopticfcn_config`` replaces
    ``MODEL.SEM_SEG_HEAD``), ``MODEL.DEVICE`` cpu, ``MODEL.WEIGHTS`` unused.
 """
@@ -60,17 +72,22 @@ import argparse
 import contextlib
 import importlib
 import os
+import statistics
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.layers import FrozenBatchNorm2d
-from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch import build as meta_arch_build
+from detectron2.utils.events import EventStorage
+from fvcore.common.registry import Registry
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,7 +95,16 @@ from panoptic_ext.checkpoint.safe_load import load_checkpoint_file  # noqa: E402
 from panoptic_ext.cli.convert_panoptic_fcn_official import panoptic_fcn_cpu_config  # noqa: E402
 from panoptic_ext.data import PanopticDatasetMapper  # noqa: E402
 from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
+from panoptic_ext.evaluation.output_compare import (  # noqa: E402, F401 (re-exported)
+    Comparison,
+    Tolerance,
+    compare_outputs,
+    describe_segment,
+    match_segments,
+)
 from panoptic_ext.modeling.panoptic_fcn.official_keys import (  # noqa: E402
+    OFFICIAL_CONFIG_KEYS,
+    OFFICIAL_HARD_CODED,
     convert_official_state_dict,
     ours_to_official,
 )
@@ -87,253 +113,13 @@ from panoptic_ext.utils.yaml_config import merge_config_file  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs/COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
 INTERMEDIATE_RTOL = 1e-3
-
 _P = "MODEL.PANOPTIC_FCN."
-# Our key -> official key, for every key that changes the official model or its inference.
-OFFICIAL_KEYS: dict[str, str] = {
-    _P + "IGNORE_VALUE": "MODEL.IGNORE_VALUE",
-    _P + "HEAD_IN_FEATURES": "MODEL.FEATURE_ENCODER.IN_FEATURES",
-    **{
-        _P + f"SEMANTIC_FPN.{k}": f"MODEL.SEMANTIC_FPN.{k}"
-        for k in ("IN_FEATURES", "CONVS_DIM", "COMMON_STRIDE", "NORM")
-    },
-    **{
-        _P + f"{node}.{k}": f"MODEL.{node}.{k}"
-        for node in ("FEATURE_ENCODER", "POSITION_HEAD", "KERNEL_HEAD")
-        for k in ("NUM_CONVS", "CONVS_DIM", "NORM", "DEFORM", "COORD")
-    },
-    _P + "KERNEL_HEAD.INSTANCE_SCALES": "MODEL.KERNEL_HEAD.INSTANCE_SCALES",
-    **{
-        _P + f"POSITION_HEAD.THING.{k}": f"MODEL.POSITION_HEAD.THING.{k}"
-        for k in (
-            "CENTER_TYPE",
-            "POS_NUM",
-            "NUM_CLASSES",
-            "BIAS_VALUE",
-            "MIN_OVERLAP",
-            "GAUSSIAN_SIGMA",
-            "THRES",
-            "TOP_NUM",
-        )
-    },
-    **{
-        _P + f"POSITION_HEAD.STUFF.{k}": f"MODEL.POSITION_HEAD.STUFF.{k}"
-        for k in ("NUM_CLASSES", "WITH_THING", "THRES")
-    },
-    _P + "LOSS.POSITION_WEIGHT": "MODEL.LOSS_WEIGHT.POSITION",
-    _P + "LOSS.SEGMENT_WEIGHT": "MODEL.LOSS_WEIGHT.SEGMENT",
-    _P + "LOSS.FOCAL_ALPHA": "MODEL.LOSS_WEIGHT.FOCAL_LOSS_ALPHA",
-    _P + "LOSS.FOCAL_GAMMA": "MODEL.LOSS_WEIGHT.FOCAL_LOSS_GAMMA",
-    **{
-        _P + f"INFERENCE.{k}": f"MODEL.INFERENCE.{k}"
-        for k in ("INST_THRES", "SIMILAR_THRES", "CLASS_SPECIFIC")
-    },
-    **{
-        _P + f"INFERENCE.COMBINE.{k}": f"MODEL.INFERENCE.COMBINE.{k}"
-        for k in ("ENABLE", "OVERLAP_THRESH", "STUFF_AREA_LIMIT", "INST_THRESH")
-    },
-    # detectron2 keys both models read under the same name.
-    **{
-        k: k
-        for k in (
-            "MODEL.PIXEL_MEAN",
-            "MODEL.PIXEL_STD",
-            "MODEL.BACKBONE.FREEZE_AT",
-            "MODEL.FPN.IN_FEATURES",
-            "MODEL.FPN.OUT_CHANNELS",
-            "MODEL.FPN.NORM",
-            "MODEL.FPN.FUSE_TYPE",
-            "INPUT.FORMAT",
-        )
-    },
-    **{
-        f"MODEL.RESNETS.{k}": f"MODEL.RESNETS.{k}"
-        for k in (
-            "DEPTH",
-            "NORM",
-            "OUT_FEATURES",
-            "NUM_GROUPS",
-            "WIDTH_PER_GROUP",
-            "STRIDE_IN_1X1",
-            "RES5_DILATION",
-            "RES2_OUT_CHANNELS",
-            "STEM_OUT_CHANNELS",
-            "DEFORM_ON_PER_STAGE",
-            "DEFORM_MODULATED",
-            "DEFORM_NUM_GROUPS",
-        )
-    },
-}
-# Our inference keys whose values the official code hard-codes (for its default 5 levels).
-HARD_CODED = {
-    _P + "POSITION_HEAD.THING.PEAK_SMOOTH_SIZES": [3, 3, 3, 5, 5],
-    _P + "POSITION_HEAD.THING.PEAK_POOL_SIZE": 3,
-    _P + "INFERENCE.SCORE_FLOOR": 0.05,
-}
+# Short names used by the tests and older notes.
+OFFICIAL_KEYS, HARD_CODED = OFFICIAL_CONFIG_KEYS, OFFICIAL_HARD_CODED
 
 
 # ---------------------------------------------------------------------------------------------
-# Output comparison (no official code needed; unit-tested in tests/test_panoptic_fcn_compare.py)
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Tolerance:
-    """Float-rounding tolerances of the final outputs."""
-
-    score_atol: float = 1e-4
-    sem_seg_atol: float = 1e-4
-    min_pixel_agreement: float = 0.9999
-
-
-@dataclass
-class Comparison:
-    """Result of :func:`compare_outputs` for one image."""
-
-    pixel_agreement: float
-    num_segments: tuple[int, int]  # (ours, official)
-    num_matched: int
-    num_instances: tuple[int, int]
-    max_score_diff: float  # over matched thing segments and instances
-    sem_seg_max_diff: float
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _tensor(x: Any) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
-
-
-def match_segments(
-    pan_a: torch.Tensor, pan_b: torch.Tensor
-) -> tuple[dict[int, int], torch.Tensor, torch.Tensor]:
-    """One-to-one matching of the segment ids of two panoptic maps by IoU > 0.5.
-
-    Args:
-        pan_a, pan_b: (H, W) integer id maps, 0 = void.
-    Returns:
-        {id_a: id_b} for the non-void pairs with IoU > 0.5 (one to one by construction), and the
-        sorted ids present in ``pan_a`` and in ``pan_b``.
-    """
-    a, b = pan_a.long().flatten(), pan_b.long().flatten()
-    ids_a, inv_a = torch.unique(a, return_inverse=True)
-    ids_b, inv_b = torch.unique(b, return_inverse=True)
-    na, nb = len(ids_a), len(ids_b)
-    inter = torch.bincount(inv_a * nb + inv_b, minlength=na * nb).view(na, nb).double()
-    union = inter.sum(1, keepdim=True) + inter.sum(0, keepdim=True) - inter
-    iou = inter / union.clamp(min=1)
-    pairs = torch.nonzero(iou > 0.5).tolist()
-    mapping = {int(ids_a[i]): int(ids_b[j]) for i, j in pairs if ids_a[i] != 0 and ids_b[j] != 0}
-    return mapping, ids_a, ids_b
-
-
-def _instances_fields(inst: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, classes) of an ``Instances``, sorted by (score rounded to 1e-6, class) so that
-    the arbitrary order of exactly tied scores does not count; empty tensors for the official
-    list-valued empty ``Instances``."""
-    if len(inst.scores) == 0:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    scores = _tensor(inst.scores).float().cpu()
-    classes = _tensor(inst.pred_classes).long().cpu()
-    order = torch.argsort(classes, stable=True)
-    key = (scores[order].double() * 1e6).round()
-    order = order[torch.argsort(key, descending=True, stable=True)]
-    return scores[order], classes[order]
-
-
-def compare_outputs(ours: dict, theirs: dict, tol: Tolerance | None = None) -> Comparison:
-    """Compare two detectron2 Panoptic FCN output dicts of one image.
-
-    Args:
-        ours, theirs: {"panoptic_seg": ((H, W) ids, segments_info), "sem_seg": (S, H, W),
-            "instances": Instances with scores / pred_classes (tensors, or the official empty
-            lists)}; "instances" and "sem_seg" are optional.
-    Returns:
-        a :class:`Comparison`; ``problems`` lists every difference beyond ``tol``.
-    """
-    tol = tol or Tolerance()
-    problems: list[str] = []
-    pan_a, info_a = ours["panoptic_seg"]
-    pan_b, info_b = theirs["panoptic_seg"]
-    pan_a, pan_b = _tensor(pan_a).cpu(), _tensor(pan_b).cpu()
-    if pan_a.shape != pan_b.shape:
-        problems.append(f"panoptic_seg shapes differ: {tuple(pan_a.shape)} vs {tuple(pan_b.shape)}")
-        return Comparison(0.0, (len(info_a), len(info_b)), 0, (0, 0), np.inf, np.inf, problems)
-    mapping, ids_a, _ = match_segments(pan_a, pan_b)
-    lut = torch.full((int(ids_a.max()) + 1,), -1, dtype=torch.long)
-    lut[0] = 0
-    for i, j in mapping.items():
-        lut[i] = j
-    agreement = float((lut[pan_a.long()] == pan_b.long()).double().mean())
-    if agreement < tol.min_pixel_agreement:
-        problems.append(f"panoptic pixel agreement {agreement:.6f} < {tol.min_pixel_agreement}")
-
-    by_id_a = {s["id"]: s for s in info_a}
-    by_id_b = {s["id"]: s for s in info_b}
-    max_score = 0.0
-    for s in info_a:
-        if s["id"] not in mapping:
-            problems.append(f"our segment {_describe(s)} has no official match")
-    matched_b = set(mapping.values())
-    for s in info_b:
-        if s["id"] not in matched_b:
-            problems.append(f"official segment {_describe(s)} has no match in ours")
-    for i, j in mapping.items():
-        sa, sb = by_id_a.get(i), by_id_b.get(j)
-        if sa is None or sb is None:
-            problems.append(f"segment id {i if sa is None else j} painted but not in segments_info")
-            continue
-        if (bool(sa["isthing"]), int(sa["category_id"])) != (
-            bool(sb["isthing"]),
-            int(sb["category_id"]),
-        ):
-            problems.append(
-                f"matched segments differ: ours {_describe(sa)}, official {_describe(sb)}"
-            )
-        if sa["isthing"] and sb["isthing"]:
-            max_score = max(max_score, abs(float(sa["score"]) - float(sb["score"])))
-
-    n_inst = (0, 0)
-    if "instances" in ours and "instances" in theirs:
-        sc_a, cl_a = _instances_fields(ours["instances"])
-        sc_b, cl_b = _instances_fields(theirs["instances"])
-        n_inst = (len(sc_a), len(sc_b))
-        if n_inst[0] != n_inst[1]:
-            problems.append(f"instance counts differ: ours {n_inst[0]}, official {n_inst[1]}")
-        else:
-            if not torch.equal(cl_a, cl_b):
-                problems.append("instance classes differ (in score order, ties by class)")
-            if len(sc_a):
-                max_score = max(max_score, float((sc_a - sc_b).abs().max()))
-    if max_score > tol.score_atol:
-        problems.append(f"max score difference {max_score:.3g} > {tol.score_atol}")
-
-    sem_diff = 0.0
-    if "sem_seg" in ours and "sem_seg" in theirs:
-        sa, sb = _tensor(ours["sem_seg"]).cpu().float(), _tensor(theirs["sem_seg"]).cpu().float()
-        sem_diff = float((sa - sb).abs().max()) if sa.shape == sb.shape else float("inf")
-        if sem_diff > tol.sem_seg_atol:
-            problems.append(f"sem_seg max abs difference {sem_diff:.3g} > {tol.sem_seg_atol}")
-    return Comparison(
-        agreement,
-        (len(info_a), len(info_b)),
-        len(mapping),
-        n_inst,
-        max_score,
-        sem_diff,
-        problems,
-    )
-
-
-def _describe(s: dict) -> str:
-    kind = "thing" if s["isthing"] else "stuff"
-    score = f" score {float(s['score']):.4f}" if "score" in s else ""
-    return f"#{s['id']} ({kind} {int(s['category_id'])}{score})"
-
-
-# ---------------------------------------------------------------------------------------------
-# Official package, configs and weights
+# Official package and configs
 # ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def official_shims():
@@ -361,13 +147,14 @@ def import_official(root: str):
     """Import ``panopticfcn`` from the checkout at ``root`` (shim 2: registry clash)."""
     if not os.path.isfile(os.path.join(root, "panopticfcn", "__init__.py")):
         raise SystemExit(f"--official-root {root}: no panopticfcn/__init__.py there")
-    ours = META_ARCH_REGISTRY._obj_map.pop("PanopticFCN")
+    shared = meta_arch_build.META_ARCH_REGISTRY
+    meta_arch_build.META_ARCH_REGISTRY = Registry("META_ARCH_OFFICIAL")
     sys.path.insert(0, os.path.abspath(root))
     try:
         return importlib.import_module("panopticfcn")
     finally:
         sys.path.pop(0)
-        META_ARCH_REGISTRY._obj_map["PanopticFCN"] = ours
+        meta_arch_build.META_ARCH_REGISTRY = shared
 
 
 def _get(cfg: CfgNode, key: str) -> Any:
@@ -392,7 +179,9 @@ def our_config(config_file: str, opts: list[str]) -> CfgNode:
     if cfg.MODEL.BACKBONE.NAME != "build_resnet_fpn_p6p7_from_p5_backbone":
         raise SystemExit(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME}: no official equivalent")
     p = cfg.MODEL.PANOPTIC_FCN.POSITION_HEAD.THING
-    expected = dict(HARD_CODED, **{_P + "POSITION_HEAD.THING.LEVEL_TOP_NUM": p.TOP_NUM // 2})
+    expected = dict(
+        OFFICIAL_HARD_CODED, **{_P + "POSITION_HEAD.THING.LEVEL_TOP_NUM": p.TOP_NUM // 2}
+    )
     bad = [f"{k}={_get(cfg, k)} (official: {v})" for k, v in expected.items() if _get(cfg, k) != v]
     if bad:
         raise SystemExit("the official code hard-codes these values: " + "; ".join(bad))
@@ -414,7 +203,7 @@ def official_config(
         file_cfg = CfgNode(cfg)  # values after the yaml, before ours are applied
         diff = [
             f"{theirs}: official {_plain(_get(file_cfg, theirs))} vs ours {_plain(_get(ours, k))}"
-            for k, theirs in OFFICIAL_KEYS.items()
+            for k, theirs in OFFICIAL_CONFIG_KEYS.items()
             if _plain(_get(file_cfg, theirs)) != _plain(_get(ours, k))
         ]
         if diff:
@@ -423,12 +212,12 @@ def official_config(
                 print("    " + d)
         bad = [
             theirs
-            for k, theirs in OFFICIAL_KEYS.items()
+            for k, theirs in OFFICIAL_CONFIG_KEYS.items()
             if k not in overridden and _plain(_get(file_cfg, theirs)) != _plain(_get(ours, k))
         ]
         if bad:
             raise SystemExit(f"{official_file} and our config differ in {bad} (not overridden)")
-    for k, theirs in OFFICIAL_KEYS.items():
+    for k, theirs in OFFICIAL_CONFIG_KEYS.items():
         _set(cfg, theirs, _get(ours, k))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
@@ -469,6 +258,12 @@ def calibrate_random_init(model: torch.nn.Module, batched_inputs: list[dict]) ->
     encoder convs zero-mean pre-ReLU outputs (bias shift), and the two kernel embeddings are
     scaled so mask logits have a spread of ~3.
     """
+    _calibrate_features(model, batched_inputs)
+    _calibrate_mask_logits(model, batched_inputs)
+
+
+def _calibrate_features(model: torch.nn.Module, batched_inputs: list[dict]) -> None:
+    """FrozenBN statistics, zero-mean encoder maps, unit-spread predictors (one forward)."""
     hooks = []
 
     def bn_stats(mod, args):
@@ -476,17 +271,14 @@ def calibrate_random_init(model: torch.nn.Module, batched_inputs: list[dict]) ->
         mod.running_mean.copy_(x.mean((0, 2, 3)))
         mod.running_var.copy_(x.var((0, 2, 3)).clamp(min=1e-4) - mod.eps)
 
-    def unit_spread(target):
-        def hook(mod, args, out):
-            if getattr(mod, "_calibrated", False):
-                return None
-            bias = 0 if mod.bias is None else mod.bias.view(1, -1, 1, 1)
-            s = float((out - bias).std()) / target
-            mod.weight.div_(s)
-            mod._calibrated = True
-            return (out - bias) / s + bias
-
-        return hook
+    def unit_spread(mod, args, out):
+        if getattr(mod, "_calibrated", False):
+            return None
+        bias = 0 if mod.bias is None else mod.bias.view(1, -1, 1, 1)
+        s = float((out - bias).std())
+        mod.weight.div_(s)
+        mod._calibrated = True
+        return (out - bias) / s + bias
 
     def centre(mod, args, out):  # runs with mod.activation None: out is the pre-ReLU map
         mean = out.mean((0, 2, 3))
@@ -507,16 +299,19 @@ def calibrate_random_init(model: torch.nn.Module, batched_inputs: list[dict]) ->
         hooks.append(m.register_forward_hook(centre))
     pos, ker = model.position_head, model.kernel_head
     for conv in (pos.out_inst, pos.out_sem, ker.out_conv):
-        hooks.append(conv.register_forward_hook(unit_spread(1.0)))
+        hooks.append(conv.register_forward_hook(unit_spread))
     for gen in (model.thing_generator, model.stuff_generator):
-        hooks.append(gen.embed_extractor.register_forward_hook(unit_spread(1.0)))
+        hooks.append(gen.embed_extractor.register_forward_hook(unit_spread))
     model(batched_inputs)
     for h in hooks:
         h.remove()
     for m in encoder_convs:
         m.activation = F.relu
 
-    spreads = {}
+
+def _calibrate_mask_logits(model: torch.nn.Module, batched_inputs: list[dict]) -> None:
+    """Scale both kernel embeddings so that mask logits spread ~3 (one forward)."""
+    spreads, hooks = {}, []
 
     def logits_spread(name):
         def hook(mod, args, out):
@@ -534,6 +329,37 @@ def calibrate_random_init(model: torch.nn.Module, batched_inputs: list[dict]) ->
         emb = getattr(model, name).embed_extractor
         emb.weight.mul_(3.0 / s)
         emb.bias.mul_(3.0 / s)
+
+
+@dataclass
+class Models:
+    """Both models in eval mode with the same weights."""
+
+    ours: torch.nn.Module
+    theirs: torch.nn.Module
+    weights: str  # how the weights were made
+
+
+def build_models(cfg: CfgNode, ocfg: CfgNode, official, args, first_input: dict) -> Models:
+    """Build both models and give them the same weights (see the module docstring)."""
+    theirs = official.PanopticFCN(ocfg).eval()
+    ours = build_model(cfg).eval()
+    if args.weights:
+        ckpt = load_checkpoint_file(args.weights)
+        ours.load_state_dict(ckpt.get("model", ckpt))  # strict: must fit our config
+        theirs.load_state_dict(ours_to_official_state(ours.state_dict(), cfg))
+        return Models(ours, theirs, f"{args.weights} -> ours; reverse mapping -> official")
+    if not args.no_calibrate:
+        calibrate_random_init(theirs, [dict(first_input)])
+    converted, report = convert_official_state_dict(theirs.state_dict(), ours.state_dict())
+    if report["unmatched"] or report["missing"] or report["shape_mismatch"]:
+        raise SystemExit(
+            f"converter report: { {k: v[:5] for k, v in report.items() if k != 'matched'} }"
+        )
+    ours.load_state_dict(converted)
+    calib = "calibrated " if not args.no_calibrate else ""
+    how = f"official {calib}random init -> converter -> ours ({len(report['matched'])} tensors)"
+    return Models(ours, theirs, how)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,6 +454,301 @@ def compare_intermediates(ours: dict, theirs: dict) -> list[tuple[str, float, fl
     return rows
 
 
+def train_inputs(cfg: CfgNode, num: int) -> list[dict]:
+    """Annotated images of ``synthetic_panoptic_train`` with things, through our train mapper
+    (at ``INPUT.MIN_SIZE_TRAIN``; its ``instances`` and ``sem_seg`` suit both models)."""
+    syn = cfg.DATASETS.SYNTHETIC
+    register_synthetic_datasets(syn.IMAGE_SIZE, syn.NUM_TRAIN, syn.NUM_VAL, syn.SEED)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATASETS.TRAIN = ("synthetic_panoptic_train",)  # the mapper reads its metadata
+    mapper = PanopticDatasetMapper(cfg, is_train=True)
+    mapped = (mapper(dict(d)) for d in DatasetCatalog.get("synthetic_panoptic_train"))
+    # The official ground-truth code fails on an image without things.
+    return [m for m in mapped if len(m["instances"])][:num]
+
+
+def _model_input(item: dict) -> dict:
+    return {k: item[k] for k in ("image", "height", "width")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity
+# ---------------------------------------------------------------------------------------------
+def _recorders(models: Models) -> tuple[Recorder, Recorder]:
+    ours, theirs = models.ours, models.theirs
+    rec_a = Recorder(
+        {
+            "backbone": ours.backbone,
+            "encoder": ours.encoder,
+            "position_head": ours.position_head,
+            "kernel_head": ours.kernel_head,
+            "thing_kernels": ours.thing_generator,
+        }
+    )
+    rec_b = Recorder(
+        {
+            "backbone": theirs.backbone,
+            "encoder": theirs.feature_encoder,
+            "position_head": theirs.position_head,
+            "kernel_head": theirs.kernel_head,
+            "thing_kernels": theirs.thing_generator.embed_extractor,
+        }
+    )
+    return rec_a, rec_b
+
+
+PARITY_HEADER = (
+    f"{'image':<22}{'input':>10}{'segs o/t':>9}{'match':>6}{'inst o/t':>9}"
+    f"{'pix agree':>11}{'max dscore':>11}{'sem max d':>10}{'interm rel':>11}  result"
+)
+
+
+@torch.no_grad()
+def run_parity(models: Models, inputs: list[dict], our_batch: bool) -> int:
+    """Compare both models image by image (table on stdout); returns the number that differ."""
+    rec_a, rec_b = _recorders(models)
+    tol = Tolerance()
+    print(
+        f"\ntolerances: score {tol.score_atol}, sem_seg {tol.sem_seg_atol}, pixel agreement "
+        f">= {tol.min_pixel_agreement}, intermediates relative {INTERMEDIATE_RTOL}"
+    )
+    print(PARITY_HEADER + "\n" + "-" * len(PARITY_HEADER))
+    batch_out, batch_rec = None, None
+    if our_batch:  # ours: all images in one forward; official: one at a time
+        if len({tuple(it["image"].shape) for it in inputs}) != 1:
+            raise SystemExit("--our-batch needs equal input sizes (padding changes features)")
+        batch_out = models.ours([_model_input(it) for it in inputs])
+        batch_rec = rec_a.pop()
+        print(f"ours: one batch of {len(inputs)} images")
+    failed = 0
+    for idx, item in enumerate(inputs):
+        out_a = batch_out[idx] if batch_out else models.ours([_model_input(item)])[0]
+        try:
+            out_b = models.theirs([_model_input(item)])[0]
+        except Exception as e:  # the official code's crash paths (see docstring)
+            rec_a.pop(), rec_b.pop()
+            print(f"{item['name']:<22} official raised {type(e).__name__}: {e}")
+            failed += 1
+            continue
+        ours_rec, ours_idx = (batch_rec, idx) if batch_rec else (rec_a.pop(), 0)
+        inter = compare_intermediates(
+            flatten_intermediates(ours_rec, False, ours_idx),
+            flatten_intermediates(rec_b.pop(), True),
+        )
+        failed += not _parity_row(item, out_a, out_b, inter, tol)
+    print(f"\n{len(inputs) - failed}/{len(inputs)} images agree within the tolerances")
+    return failed
+
+
+def _parity_row(item: dict, out_a: dict, out_b: dict, inter: list, tol: Tolerance) -> bool:
+    """Print one image's row (and its problems); True when it agrees."""
+    worst = max((r for r in inter if r[3]), key=lambda r: r[2], default=("-", 0, 0, 1))
+    res = compare_outputs(out_a, out_b, tol)
+    problems = list(res.problems)
+    if worst[2] > INTERMEDIATE_RTOL:
+        problems.append(f"intermediate {worst[0]} relative difference {worst[2]:.3g}")
+    size = "x".join(map(str, item["image"].shape[-2:]))
+    print(
+        f"{item['name']:<22}{size:>10}{res.num_segments[0]:>4}/{res.num_segments[1]:<4}"
+        f"{res.num_matched:>6}{res.num_instances[0]:>4}/{res.num_instances[1]:<4}"
+        f"{res.pixel_agreement:>11.6f}{res.max_score_diff:>11.2e}"
+        f"{res.sem_seg_max_diff:>10.2e}{worst[2]:>11.2e}  " + ("OK" if not problems else "DIFF")
+    )
+    for p in problems:
+        print("    " + p)
+    if os.environ.get("PFCN_COMPARE_VERBOSE"):
+        for name, d, rel, _ in inter:
+            print(f"    {name:<20} max abs {d:.3e}  rel {rel:.3e}")
+        for s in out_b["panoptic_seg"][1]:
+            print("    official", describe_segment(s))
+    return not problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+STAGES = ("backbone+FPN", "encoder", "heads (incl. DCN)", "inference/merge")
+# Timing clocks: wall time, or this process's CPU time (with one thread: the work done,
+# whatever else the machine runs).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+class StageTimer:
+    """Wall time of module calls, summed per stage name (forward pre/post hooks)."""
+
+    def __init__(self, stages: dict[str, list[torch.nn.Module]], clock=time.perf_counter):
+        self.clock = clock
+        self.totals: dict[str, float] = {}
+        self._start: dict[int, float] = {}
+        self.handles = []
+        for name, modules in stages.items():
+            for m in modules:
+                self.handles.append(m.register_forward_pre_hook(self._pre))
+                self.handles.append(m.register_forward_hook(self._post(name)))
+
+    def _pre(self, mod, args):
+        self._start[id(mod)] = self.clock()
+
+    def _post(self, name: str):
+        def hook(mod, args, out):
+            dt = self.clock() - self._start.pop(id(mod))
+            self.totals[name] = self.totals.get(name, 0.0) + dt
+
+        return hook
+
+    def run(self, fn, *args) -> tuple[Any, dict[str, float]]:
+        """``fn(*args)`` -> (its result, seconds per stage incl. "total" and the rest)."""
+        self.totals = {}
+        t0 = self.clock()
+        out = fn(*args)
+        total = self.clock() - t0
+        times = dict(self.totals, total=total)
+        times[STAGES[3]] = total - sum(self.totals.values())
+        return out, times
+
+
+def _stage_timers(ours: torch.nn.Module, theirs: torch.nn.Module | None, clock) -> tuple:
+    heads = "heads (incl. DCN)"
+    timer_a = StageTimer(
+        {
+            "backbone+FPN": [ours.backbone],
+            "encoder": [ours.encoder],
+            heads: [ours.position_head, ours.kernel_head],
+        },
+        clock,
+    )
+    if theirs is None:
+        return timer_a, None
+    timer_b = StageTimer(
+        {
+            "backbone+FPN": [theirs.backbone],
+            "encoder": [theirs.semantic_fpn, theirs.feature_encoder],
+            heads: [theirs.position_head, theirs.kernel_head],
+        },
+        clock,
+    )
+    return timer_a, timer_b
+
+
+@dataclass
+class Series:
+    """Per-image timings of one model setting, and what its outputs contained."""
+
+    name: str
+    batch: int
+    model: torch.nn.Module
+    timer: StageTimer
+    times: list[dict[str, float]] = field(default_factory=list)
+    counts: str = ""
+
+    def median(self, key: str) -> float:
+        return statistics.median(t[key] for t in self.times) / self.batch
+
+
+def build_variants(models: Models, cfg_file: str, opts: list[str], specs: list[str]) -> dict:
+    """``--variant NAME:KEY=VALUE,KEY=VALUE``: more of our models, same weights."""
+    variants = {}
+    for spec in specs:
+        name, _, pairs = spec.partition(":")
+        extra = [x for pair in pairs.split(",") if pair for x in pair.split("=", 1)]
+        model = build_model(our_config(cfg_file, list(opts) + extra))
+        model.load_state_dict(models.ours.state_dict())
+        variants[name] = model.eval()
+    return variants
+
+
+def _official_counts(theirs: torch.nn.Module) -> tuple[list[int], list]:
+    """Hooks that record the official thing / stuff candidate counts of every forward."""
+    counts: list[int] = []
+
+    def hook(mod, args):
+        n = args[3]
+        counts.append(int(n.sum()) if isinstance(n, torch.Tensor) else int(n))
+
+    gens = (theirs.thing_generator, theirs.stuff_generator)
+    return counts, [g.register_forward_pre_hook(hook) for g in gens]
+
+
+def _describe_outputs(outs: list[dict]) -> str:
+    segs = sum(len(o["panoptic_seg"][1]) for o in outs) / len(outs)
+    inst = sum(len(o["instances"].scores) for o in outs) / len(outs)
+    return f"{inst:.0f} instances, {segs:.0f} segments per image"
+
+
+@torch.no_grad()
+def run_timing(models: Models, inputs: list[dict], args, variants: dict) -> None:
+    """Alternate the official model, ours at each batch size and each variant (batch 1);
+    print medians per image."""
+    clock = CLOCKS[args.clock]
+    timer_a, timer_b = _stage_timers(models.ours, models.theirs, clock)
+    counts, handles = _official_counts(models.theirs)
+    series = [Series("official", 1, models.theirs, timer_b)]
+    series += [Series("ours", b, models.ours, timer_a) for b in args.batch_sizes]
+    series += [Series(k, 1, m, _stage_timers(m, None, clock)[0]) for k, m in variants.items()]
+    images = [_model_input(it) for it in inputs]
+    for r in range(args.warmup + args.repeats):
+        for s in series:
+            for start in range(0, len(images), s.batch):
+                batch = [images[(start + j) % len(images)] for j in range(s.batch)]
+                counts.clear()
+                out, times = s.timer.run(s.model, batch)
+                if r >= args.warmup:
+                    s.times.append(times)
+                s.counts = _describe_outputs(out)
+                if s.name == "official":
+                    s.counts += f", {counts[0]} thing / {counts[1]} stuff candidates"
+    for h in handles:
+        h.remove()
+    _print_timing(series, args)
+
+
+def _print_timing(series: list[Series], args) -> None:
+    ref = series[0]
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(
+        f"\nmedian seconds per image over {args.repeats} alternated rounds (after "
+        f"{args.warmup} warm-up), {torch.get_num_threads()} threads, {args.clock} clock; {load}"
+    )
+    head = f"{'model':<20}" + "".join(f"{k:>19}" for k in (*STAGES, "total")) + "  vs official"
+    print(head + "\n" + "-" * len(head))
+    for s in series:
+        cells = "".join(f"{s.median(k):>19.3f}" for k in (*STAGES, "total"))
+        ratio = s.median("total") / ref.median("total")
+        print(f"{s.name + f' (batch {s.batch})':<20}{cells}  x{ratio:.3f}")
+    for s in series:
+        print(f"  {s.name} batch {s.batch}: {s.counts}")
+
+
+def run_train_timing(models: Models, batch: list[dict], args) -> None:
+    """Forward + backward of both models in train mode on the same batch, alternated."""
+    times: dict[str, list[float]] = {"official": [], "ours": []}
+    losses: dict[str, dict] = {}
+    for r in range(args.warmup + args.repeats):
+        for name, model in (("official", models.theirs), ("ours", models.ours)):
+            model.train()
+            model.zero_grad(set_to_none=True)
+            t0 = CLOCKS[args.clock]()
+            with EventStorage():
+                loss_dict = model([dict(x) for x in batch])
+            sum(loss_dict.values()).backward()
+            if r >= args.warmup:
+                times[name].append(CLOCKS[args.clock]() - t0)
+            losses[name] = {k: round(float(v.detach()), 4) for k, v in loss_dict.items()}
+            model.eval()
+    size = "x".join(map(str, batch[0]["image"].shape[-2:]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"\ntrain step (forward + backward), batch {len(batch)} at {size}, "
+        f"median of {args.repeats}:"
+    )
+    for name in ("official", "ours"):
+        print(
+            f"  {name:<9} {med[name]:.3f} s  x{med[name] / med['official']:.3f}  "
+            f"losses {losses[name]}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 def parse_size(s: str | None) -> tuple[int, int] | None:
     if not s:
@@ -636,131 +757,63 @@ def parse_size(s: str | None) -> tuple[int, int] | None:
     return int(h), int(w)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official-root", required=True, help="checkout of PanopticFCN")
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="our config")
     parser.add_argument("--official-config-file", default=None, help="official yaml to check")
     parser.add_argument("--weights", default=None, help="our checkpoint (else official init)")
+    parser.add_argument("--save-weights", default=None, help="write the weights used (ours)")
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--size", default=None, help="HxW model input size")
     parser.add_argument("--images", choices=("dataset", "random", "blank"), default="dataset")
     parser.add_argument("--no-calibrate", action="store_true", help="plain random init")
     parser.add_argument("--our-batch", action="store_true", help="ours: all images in one batch")
+    parser.add_argument("--time", action="store_true", help="timing instead of parity")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--batch-sizes", default="1", help="ours, e.g. 1,2,4")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="timing: another of our models, NAME:KEY=VALUE,KEY=VALUE (same weights)",
+    )
+    parser.add_argument("--train-step", action="store_true", help="also time a train step")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE (our key names)")
     args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     official = import_official(args.official_root)
     cfg = our_config(args.config_file, args.opts)
-    overridden = frozenset(args.opts[0::2])
-    ocfg = official_config(official, cfg, args.official_config_file, overridden)
+    ocfg = official_config(official, cfg, args.official_config_file, frozenset(args.opts[0::2]))
     inputs = make_inputs(cfg, args.images, args.num_images, parse_size(args.size))
-
     with official_shims():
-        theirs = official.PanopticFCN(ocfg).eval()
-        ours = build_model(cfg).eval()
-        if args.weights:
-            ckpt = load_checkpoint_file(args.weights)
-            state = ckpt.get("model", ckpt)
-            ours.load_state_dict(state)  # strict: the checkpoint must fit our config
-            theirs.load_state_dict(ours_to_official_state(ours.state_dict(), cfg))
-            print(f"weights: {args.weights} -> ours; reverse mapping -> official (strict)")
-        else:
-            if not args.no_calibrate:
-                calibrate_random_init(theirs, [dict(inputs[0])])
-            converted, report = convert_official_state_dict(theirs.state_dict(), ours.state_dict())
-            if report["unmatched"] or report["missing"] or report["shape_mismatch"]:
-                print({k: v[:5] for k, v in report.items() if k != "matched"})
-                return 1
-            ours.load_state_dict(converted)
-            calib = "calibrated " if not args.no_calibrate else ""
-            print(
-                f"weights: official {calib}random init -> converter -> ours "
-                f"({len(report['matched'])} tensors)"
-            )
-
-        rec_a = Recorder(
-            {
-                "backbone": ours.backbone,
-                "encoder": ours.encoder,
-                "position_head": ours.position_head,
-                "kernel_head": ours.kernel_head,
-                "thing_kernels": ours.thing_generator,
-            }
-        )
-        rec_b = Recorder(
-            {
-                "backbone": theirs.backbone,
-                "encoder": theirs.feature_encoder,
-                "position_head": theirs.position_head,
-                "kernel_head": theirs.kernel_head,
-                "thing_kernels": theirs.thing_generator.embed_extractor,
-            }
-        )
-        tol = Tolerance()
-        failed = 0
-        print(
-            f"\ntolerances: score {tol.score_atol}, sem_seg {tol.sem_seg_atol}, pixel agreement "
-            f">= {tol.min_pixel_agreement}, intermediates relative {INTERMEDIATE_RTOL}"
-        )
-        header = (
-            f"{'image':<22}{'input':>10}{'segs o/t':>9}{'match':>6}{'inst o/t':>9}"
-            f"{'pix agree':>11}{'max dscore':>11}{'sem max d':>10}{'interm rel':>11}  result"
-        )
-        print(header)
-        print("-" * len(header))
-        batch_out, batch_rec = None, None
-        if args.our_batch:  # ours: all images in one forward; official: one at a time
-            if len({tuple(it["image"].shape) for it in inputs}) != 1:
-                raise SystemExit("--our-batch needs equal input sizes (padding changes features)")
-            with torch.no_grad():
-                batch_out = ours(
-                    [{k: it[k] for k in ("image", "height", "width")} for it in inputs]
-                )
-            batch_rec = rec_a.pop()
-            print(f"ours: one batch of {len(inputs)} images")
-        for idx, item in enumerate(inputs):
-            x = {k: item[k] for k in ("image", "height", "width")}
-            with torch.no_grad():
-                out_a = batch_out[idx] if batch_out else ours([dict(x)])[0]
-                try:
-                    out_b = theirs([dict(x)])[0]
-                except Exception as e:  # the official code's crash paths (see docstring)
-                    rec_a.pop()
-                    rec_b.pop()
-                    print(f"{item['name']:<22} official raised {type(e).__name__}: {e}")
-                    failed += 1
-                    continue
-            ours_rec, ours_idx = (batch_rec, idx) if batch_rec else (rec_a.pop(), 0)
-            inter = compare_intermediates(
-                flatten_intermediates(ours_rec, False, ours_idx),
-                flatten_intermediates(rec_b.pop(), True),
-            )
-            worst = max((r for r in inter if r[3]), key=lambda r: r[2], default=("-", 0, 0, 1))
-            res = compare_outputs(out_a, out_b, tol)
-            problems = list(res.problems)
-            if worst[2] > INTERMEDIATE_RTOL:
-                problems.append(f"intermediate {worst[0]} relative difference {worst[2]:.3g}")
-            size = "x".join(map(str, x["image"].shape[-2:]))
-            print(
-                f"{item['name']:<22}{size:>10}{res.num_segments[0]:>4}/{res.num_segments[1]:<4}"
-                f"{res.num_matched:>6}{res.num_instances[0]:>4}/{res.num_instances[1]:<4}"
-                f"{res.pixel_agreement:>11.6f}{res.max_score_diff:>11.2e}"
-                f"{res.sem_seg_max_diff:>10.2e}{worst[2]:>11.2e}  "
-                + ("OK" if not problems else "DIFF")
-            )
-            for p in problems:
-                print("    " + p)
-            if os.environ.get("PFCN_COMPARE_VERBOSE"):
-                for name, d, rel, _ in inter:
-                    print(f"    {name:<20} max abs {d:.3e}  rel {rel:.3e}")
-                for s in out_b["panoptic_seg"][1]:
-                    print("    official", _describe(s))
-            failed += bool(problems)
-    print(f"\n{len(inputs) - failed}/{len(inputs)} images agree within the tolerances")
-    return 1 if failed else 0
+        models = build_models(cfg, ocfg, official, args, _model_input(inputs[0]))
+        print(f"weights: {models.weights}")
+        if args.save_weights:
+            torch.save({"model": models.ours.state_dict()}, args.save_weights)
+            print(f"saved our weights to {args.save_weights} (reuse with --weights)")
+        if not args.time:
+            return 1 if run_parity(models, inputs, args.our_batch) else 0
+        variants = build_variants(models, args.config_file, args.opts, args.variant)
+        run_timing(models, inputs, args, variants)
+        if args.train_step:
+            run_train_timing(models, train_inputs(cfg, args.train_batch), args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from torch import nn
 from ..checkpoint import SafeCheckpointer
 from ..data import PanopticDatasetMapper
 from ..data.train_loader import CheckedMapper, build_resumable_train_loader
+from ..layers.roi_align_grad import use_sparse_roi_align_grad
 from ..solver import build_lr_scheduler
 from .checks import check_class_counts
 from .config_checks import check_stuff_area_limit
@@ -82,7 +83,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
         check_class_counts(cfg)
-        return super().build_model(cfg)
+        model = super().build_model(cfg)
+        if cfg.SOLVER.SPARSE_ROI_ALIGN_GRAD:
+            use_sparse_roi_align_grad(model)  # acts on CPU in training only
+        return model
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):

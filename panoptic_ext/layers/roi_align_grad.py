@@ -13,10 +13,18 @@ bit-identical to detectron2's pooler.
 import warnings
 
 import torch
+from detectron2.layers import ROIAlign
+from torch import nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_align
 
-__all__ = ["roi_align_with_sparse_grad", "roi_align_weight_matrix"]
+__all__ = [
+    "roi_align_with_sparse_grad",
+    "roi_align_weight_matrix",
+    "SparseGradROIAlign",
+    "sparse_grad_applies",
+    "use_sparse_roi_align_grad",
+]
 
 
 def _axis_samples(
@@ -143,3 +151,39 @@ def roi_align_with_sparse_grad(
     return _RoIAlignSparseGrad.apply(
         x, rois.to(x.dtype), _pair(output_size), spatial_scale, sampling_ratio, aligned
     )
+
+
+def sparse_grad_applies(pooler: nn.Module, feat: torch.Tensor) -> bool:
+    """Whether the sparse backward can replace torchvision's: a fixed sampling ratio, CPU, and
+    a gradient to compute."""
+    return (
+        isinstance(pooler, ROIAlign)
+        and pooler.sampling_ratio > 0
+        and feat.device.type == "cpu"
+        and feat.requires_grad
+        and torch.is_grad_enabled()
+    )
+
+
+class SparseGradROIAlign(ROIAlign):
+    """detectron2's ``ROIAlign`` (same forward) whose CPU backward is the sparse product."""
+
+    def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) features, (M, 5) rois -> (M, C, R, R)."""
+        if not sparse_grad_applies(self, input):
+            return super().forward(input, rois)
+        return roi_align_with_sparse_grad(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
+
+
+def use_sparse_roi_align_grad(module: nn.Module) -> int:
+    """Switch every detectron2 ``ROIAlign`` in ``module`` with a fixed sampling ratio (> 0;
+    the adaptive ratio 0 has no fixed sparsity) to :class:`SparseGradROIAlign`, in place
+    (no parameters or state change); returns how many."""
+    count = 0
+    for m in module.modules():
+        if type(m) is ROIAlign and m.sampling_ratio > 0:
+            m.__class__ = SparseGradROIAlign
+            count += 1
+    return count

@@ -8,25 +8,20 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import ImageList
 from torch import nn
 
-from ...structures.boxes import masks_to_boxes
+from ...layers.conv_bn_fold import fold_frozen_batchnorm
+from ...layers.modulated_deform_conv import ModulatedDeformConvBlock
 from .encoder import FeatureEncoder
 from .heads import KernelEmbedding, KernelHead, PositionHead
-from .inference import (
-    combine_panoptic,
-    fuse_thing_kernels,
-    rescore_things,
-    resize_probs,
-    stuff_candidates,
-    thing_candidates,
-)
+from .inference import InferenceSettings, LowResPredictions, lowres_predictions
 from .layers import ConvTower
 from .losses import LossSettings, panoptic_fcn_losses
+from .postprocess import postprocess_image
 from .targets import TargetSettings, build_targets, collate_ground_truth
 
-__all__ = ["PanopticFCN", "HeadOutputs"]
+__all__ = ["PanopticFCN", "HeadOutputs", "NetworkOptions"]
 
 
 def _head_channels(cfg: CfgNode, shapes: dict[str, ShapeSpec]) -> int:
@@ -82,27 +77,6 @@ def _build_heads(cfg: CfgNode, shapes: dict[str, ShapeSpec]) -> dict[str, nn.Mod
     }
 
 
-def _inference_params(p: CfgNode) -> dict[str, Any]:
-    """Thresholds and caps of inference, from ``MODEL.PANOPTIC_FCN``."""
-    th, st, inf = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF, p.INFERENCE
-    return {
-        "thing_thres": th.THRES,
-        "stuff_thres": st.THRES,
-        "top_num": th.TOP_NUM,
-        "level_top_num": th.LEVEL_TOP_NUM,
-        "peak_smooth_sizes": list(th.PEAK_SMOOTH_SIZES),
-        "peak_pool_size": th.PEAK_POOL_SIZE,
-        "mask_thres": inf.INST_THRES,
-        "similar_thres": inf.SIMILAR_THRES,
-        "class_specific": inf.CLASS_SPECIFIC,
-        "score_floor": inf.SCORE_FLOOR,
-        "combine": inf.COMBINE.ENABLE,
-        "overlap_thresh": inf.COMBINE.OVERLAP_THRESH,
-        "stuff_area_limit": inf.COMBINE.STUFF_AREA_LIMIT,
-        "inst_thresh": inf.COMBINE.INST_THRESH,
-    }
-
-
 @dataclass
 class HeadOutputs:
     """Raw outputs of one forward pass (L head levels, batch N).
@@ -116,6 +90,50 @@ class HeadOutputs:
     region_logits: list[torch.Tensor]
     kernel_maps: list[torch.Tensor]
     encode_feat: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """Speed options of the network (``MODEL.PANOPTIC_FCN.INFERENCE`` keys in brackets); none
+    changes the maths beyond float rounding."""
+
+    deform_conv_gather: bool = False  # DEFORM_CONV_GATHER
+    fold_frozen_bn: bool = False  # FOLD_FROZEN_BN
+    channels_last: bool = False  # CHANNELS_LAST
+
+
+def inference_settings_from_config(cfg) -> InferenceSettings:
+    """:class:`InferenceSettings` from ``MODEL.PANOPTIC_FCN``."""
+    p = cfg.MODEL.PANOPTIC_FCN
+    th, st, inf = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF, p.INFERENCE
+    return InferenceSettings(
+        thing_thres=th.THRES,
+        stuff_thres=st.THRES,
+        top_num=th.TOP_NUM,
+        level_top_num=th.LEVEL_TOP_NUM,
+        peak_smooth_sizes=tuple(th.PEAK_SMOOTH_SIZES),
+        peak_pool_size=th.PEAK_POOL_SIZE,
+        mask_thres=inf.INST_THRES,
+        similar_thres=inf.SIMILAR_THRES,
+        class_specific=inf.CLASS_SPECIFIC,
+        score_floor=inf.SCORE_FLOOR,
+        combine=inf.COMBINE.ENABLE,
+        overlap_thresh=inf.COMBINE.OVERLAP_THRESH,
+        stuff_area_limit=inf.COMBINE.STUFF_AREA_LIMIT,
+        inst_thresh=inf.COMBINE.INST_THRESH,
+        thing_channel=0 if st.WITH_THING else None,
+        stuff_category_offset=0 if st.WITH_THING else 1,
+    )
+
+
+def network_options_from_config(cfg) -> NetworkOptions:
+    """:class:`NetworkOptions` from ``MODEL.PANOPTIC_FCN.INFERENCE``."""
+    inf = cfg.MODEL.PANOPTIC_FCN.INFERENCE
+    return NetworkOptions(
+        deform_conv_gather=inf.DEFORM_CONV_GATHER,
+        fold_frozen_bn=inf.FOLD_FROZEN_BN,
+        channels_last=inf.CHANNELS_LAST,
+    )
 
 
 @META_ARCH_REGISTRY.register()
@@ -147,7 +165,8 @@ class PanopticFCN(nn.Module):
         with_thing: bool,
         target_settings: TargetSettings,
         loss_settings: LossSettings,
-        inference_params: dict[str, Any],
+        inference: InferenceSettings,
+        network_options: NetworkOptions = NetworkOptions(),
     ):
         """
         Args:
@@ -159,7 +178,8 @@ class PanopticFCN(nn.Module):
             with_thing: stuff channel 0 is the merged "things" class (sem_seg "things_as_one").
             target_settings: settings of :func:`targets.build_targets`.
             loss_settings: settings of :func:`losses.panoptic_fcn_losses`.
-            inference_params: thresholds and caps, see ``_inference_params``.
+            inference: thresholds and caps of inference.
+            network_options: speed options (see :class:`NetworkOptions`).
         """
         super().__init__()
         self.backbone = backbone
@@ -173,8 +193,8 @@ class PanopticFCN(nn.Module):
         self.with_thing = with_thing
         self.target_settings = target_settings
         self.loss_settings = loss_settings
-        self.inference_params = inference_params
-        smooth = inference_params["peak_smooth_sizes"]
+        self.inference_settings = inference
+        smooth = inference.peak_smooth_sizes
         if len(smooth) != len(head_in_features):
             raise ValueError(
                 "MODEL.PANOPTIC_FCN.POSITION_HEAD.THING.PEAK_SMOOTH_SIZES has "
@@ -188,6 +208,8 @@ class PanopticFCN(nn.Module):
             )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.network_options = network_options
+        self._apply_network_options()
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
@@ -203,8 +225,24 @@ class PanopticFCN(nn.Module):
             "with_thing": p.POSITION_HEAD.STUFF.WITH_THING,
             "target_settings": TargetSettings.from_config(cfg),
             "loss_settings": LossSettings.from_config(cfg),
-            "inference_params": _inference_params(p),
+            "inference": inference_settings_from_config(cfg),
+            "network_options": network_options_from_config(cfg),
         }
+
+    def _apply_network_options(self) -> None:
+        for m in self.modules():
+            if isinstance(m, ModulatedDeformConvBlock):
+                m.gather_inference = self.network_options.deform_conv_gather
+        if self.network_options.fold_frozen_bn:
+            fold_frozen_batchnorm(self.backbone)
+
+    def train(self, mode: bool = True) -> "PanopticFCN":
+        """Also switches the parameters' memory format with ``CHANNELS_LAST`` (channels-last in
+        eval mode only, so training is unchanged)."""
+        super().train(mode)
+        if self.network_options.channels_last:
+            self.to(memory_format=torch.contiguous_format if mode else torch.channels_last)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -227,7 +265,13 @@ class PanopticFCN(nn.Module):
             training: dict of losses; inference: list of per-image result dicts.
         """
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        if not self.training:
+            return self.inference(batched_inputs, images)
+        return self.losses(batched_inputs, images, self.forward_heads(images.tensor))
+
+    def forward_heads(self, images: torch.Tensor) -> HeadOutputs:
+        """Normalised, padded (N, 3, H, W) images -> raw head outputs (tensors only)."""
+        features = self.backbone(images)
         encode_feat = self.encoder(features)
         center_logits, region_logits, kernel_maps = [], [], []
         for name in self.head_in_features:
@@ -235,10 +279,24 @@ class PanopticFCN(nn.Module):
             center_logits.append(centers)
             region_logits.append(regions)
             kernel_maps.append(self.kernel_head(features[name]))
-        outputs = HeadOutputs(center_logits, region_logits, kernel_maps, encode_feat)
-        if self.training:
-            return self.losses(batched_inputs, images, outputs)
-        return self.inference(batched_inputs, images, outputs)
+        return HeadOutputs(center_logits, region_logits, kernel_maps, encode_feat)
+
+    def predict(self, images: torch.Tensor) -> LowResPredictions:
+        """The network at inference: normalised, padded (N, 3, H, W) images -> batched low-res
+        predictions (tensors only, fixed shapes for a given input size; what an exporter
+        exports). :func:`postprocess.postprocess_image` turns them into detectron2 outputs."""
+        if self.network_options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        out = self.forward_heads(images)
+        return lowres_predictions(
+            out.center_logits,
+            out.region_logits,
+            out.kernel_maps,
+            out.encode_feat,
+            self.thing_generator,
+            self.stuff_generator,
+            self.inference_settings,
+        )
 
     def losses(
         self,
@@ -274,122 +332,16 @@ class PanopticFCN(nn.Module):
 
     @torch.no_grad()
     def inference(
-        self,
-        batched_inputs: list[dict[str, Any]],
-        images: ImageList,
-        outputs: HeadOutputs,
+        self, batched_inputs: list[dict[str, Any]], images: ImageList
     ) -> list[dict[str, Any]]:
-        """Batched candidates, fusion and rescoring; per-image resize and panoptic merge."""
-        p = self.inference_params
-        center_logits, region_logits = outputs.center_logits, outputs.region_logits
-        kernel_maps, encode_feat = outputs.kernel_maps, outputs.encode_feat
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            feats = encode_feat.float().flatten(2)  # (N, E, HW)
-            hf, wf = encode_feat.shape[-2:]
-            stride = images.tensor.shape[-1] // wf
-
-            # Things: candidates of all levels, sorted by score within each image.
-            cands = [
-                thing_candidates(
-                    c,
-                    k.float(),
-                    smooth_size=size,
-                    pool_size=p["peak_pool_size"],
-                    top_k=p["level_top_num"],
-                    thres=p["thing_thres"],
-                )
-                for c, k, size in zip(center_logits, kernel_maps, p["peak_smooth_sizes"])
-            ]
-            scores, classes, kernels, valid = (torch.cat(t, dim=1) for t in zip(*cands))
-            scores = torch.where(valid, scores, torch.full_like(scores, -1.0))
-            scores, order = scores.sort(dim=1, descending=True)
-            classes = classes.gather(1, order)
-            valid = valid.gather(1, order)
-            kernels = kernels.gather(1, order[..., None].expand_as(kernels))
-            fused, keep = fuse_thing_kernels(
-                self.thing_generator(kernels),
-                classes,
-                valid,
-                p["similar_thres"],
-                p["class_specific"],
-            )
-            probs = torch.bmm(fused, feats).sigmoid()  # (N, n, HW)
-            order, th_scores, th_valid = rescore_things(
-                probs,
-                scores,
-                keep,
-                mask_thres=p["mask_thres"],
-                score_floor=p["score_floor"],
-                top_num=p["top_num"],
-            )
-            th_probs = probs.gather(1, order[..., None].expand(-1, -1, probs.shape[-1]))
-            th_probs = th_probs.view(*order.shape, hf, wf)
-            th_classes = classes.gather(1, order)
-
-            # Stuff: average the kernels and scores of each class over the levels.
-            st = [
-                stuff_candidates(r, k.float(), p["stuff_thres"])
-                for r, k in zip(region_logits, kernel_maps)
-            ]
-            st_valid = torch.stack([v for _, _, v in st]).float()  # (L, N, S)
-            count = st_valid.sum(0)
-            st_kern = (torch.stack([k for _, k, _ in st]) * st_valid[..., None]).sum(0)
-            st_kern = st_kern / count.clamp(min=1)[..., None]
-            st_present = count > 0
-            st_probs = torch.bmm(self.stuff_generator(st_kern), feats).sigmoid()
-            st_probs = (st_probs * st_present[..., None]).view(*st_present.shape, hf, wf)
-
+        """Batched network and low-res predictions; per-image full-resolution outputs."""
+        pred = self.predict(images.tensor)
+        stride = images.tensor.shape[-1] // pred.thing_probs.shape[-1]
         results = []
         for i, x in enumerate(batched_inputs):  # output sizes differ per image
-            image_size = images.image_sizes[i]
+            image_size = tuple(images.image_sizes[i])
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
             results.append(
-                self._postprocess_image(
-                    th_probs[i][th_valid[i]],
-                    th_scores[i][th_valid[i]],
-                    th_classes[i][th_valid[i]],
-                    st_probs[i],
-                    st_present[i],
-                    stride,
-                    image_size,
-                    out_size,
-                )
+                postprocess_image(pred, i, stride, image_size, out_size, self.inference_settings)
             )
         return results
-
-    def _postprocess_image(
-        self,
-        thing_probs: torch.Tensor,
-        thing_scores: torch.Tensor,
-        thing_classes: torch.Tensor,
-        stuff_probs: torch.Tensor,
-        stuff_present: torch.Tensor,
-        stride: int,
-        image_size: tuple[int, int],
-        out_size: tuple[int, int],
-    ) -> dict[str, Any]:
-        """One image: (K, Hf, Wf) thing and (S, Hf, Wf) stuff probabilities -> output dict."""
-        p = self.inference_params
-        masks = resize_probs(thing_probs, stride, image_size, out_size) > p["mask_thres"]
-        instances = Instances(out_size)
-        instances.pred_masks = masks
-        instances.pred_boxes = masks_to_boxes(masks)
-        instances.scores = thing_scores
-        instances.pred_classes = thing_classes
-        present = torch.nonzero(stuff_present).flatten()
-        sem_seg = stuff_probs.new_zeros((stuff_probs.shape[0], *out_size))
-        sem_seg[present] = resize_probs(stuff_probs[present], stride, image_size, out_size)
-        result = {"instances": instances, "sem_seg": sem_seg}
-        if p["combine"]:
-            result["panoptic_seg"] = combine_panoptic(
-                masks,
-                thing_scores,
-                thing_classes,
-                sem_seg,
-                overlap_thresh=p["overlap_thresh"],
-                stuff_area_limit=p["stuff_area_limit"],
-                inst_thresh=p["inst_thresh"],
-                thing_channel=0 if self.with_thing else None,
-                stuff_category_offset=0 if self.with_thing else 1,
-            )
-        return result

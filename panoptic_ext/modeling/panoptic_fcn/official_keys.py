@@ -1,7 +1,8 @@
-"""Parameter names of the official Panoptic FCN checkpoints <-> this implementation.
+"""Parameter names and config keys of the official Panoptic FCN <-> this implementation.
 
 Only names change; tensors are copied as they are (same shapes, same layouts: the DCNv2 offset
-order and the CoordConv channel order match the official model).
+order and the CoordConv channel order match the official model). ``OFFICIAL_CONFIG_KEYS`` maps
+our config keys to the official ones (same model, same inference).
 """
 
 import re
@@ -9,7 +10,97 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["convert_official_state_dict", "official_to_ours", "ours_to_official"]
+__all__ = [
+    "OFFICIAL_CONFIG_KEYS",
+    "OFFICIAL_HARD_CODED",
+    "convert_official_state_dict",
+    "official_to_ours",
+    "ours_to_official",
+]
+
+_P = "MODEL.PANOPTIC_FCN."
+# Our config key -> the official one, for every key that changes the official model, its
+# training targets/losses or its inference (used to build the official config of the same model).
+OFFICIAL_CONFIG_KEYS: dict[str, str] = {
+    _P + "IGNORE_VALUE": "MODEL.IGNORE_VALUE",
+    _P + "HEAD_IN_FEATURES": "MODEL.FEATURE_ENCODER.IN_FEATURES",
+    **{
+        _P + f"SEMANTIC_FPN.{k}": f"MODEL.SEMANTIC_FPN.{k}"
+        for k in ("IN_FEATURES", "CONVS_DIM", "COMMON_STRIDE", "NORM")
+    },
+    **{
+        _P + f"{node}.{k}": f"MODEL.{node}.{k}"
+        for node in ("FEATURE_ENCODER", "POSITION_HEAD", "KERNEL_HEAD")
+        for k in ("NUM_CONVS", "CONVS_DIM", "NORM", "DEFORM", "COORD")
+    },
+    _P + "KERNEL_HEAD.INSTANCE_SCALES": "MODEL.KERNEL_HEAD.INSTANCE_SCALES",
+    **{
+        _P + f"POSITION_HEAD.THING.{k}": f"MODEL.POSITION_HEAD.THING.{k}"
+        for k in (
+            "CENTER_TYPE",
+            "POS_NUM",
+            "NUM_CLASSES",
+            "BIAS_VALUE",
+            "MIN_OVERLAP",
+            "GAUSSIAN_SIGMA",
+            "THRES",
+            "TOP_NUM",
+        )
+    },
+    **{
+        _P + f"POSITION_HEAD.STUFF.{k}": f"MODEL.POSITION_HEAD.STUFF.{k}"
+        for k in ("NUM_CLASSES", "WITH_THING", "THRES")
+    },
+    _P + "LOSS.POSITION_WEIGHT": "MODEL.LOSS_WEIGHT.POSITION",
+    _P + "LOSS.SEGMENT_WEIGHT": "MODEL.LOSS_WEIGHT.SEGMENT",
+    _P + "LOSS.FOCAL_ALPHA": "MODEL.LOSS_WEIGHT.FOCAL_LOSS_ALPHA",
+    _P + "LOSS.FOCAL_GAMMA": "MODEL.LOSS_WEIGHT.FOCAL_LOSS_GAMMA",
+    **{
+        _P + f"INFERENCE.{k}": f"MODEL.INFERENCE.{k}"
+        for k in ("INST_THRES", "SIMILAR_THRES", "CLASS_SPECIFIC")
+    },
+    **{
+        _P + f"INFERENCE.COMBINE.{k}": f"MODEL.INFERENCE.COMBINE.{k}"
+        for k in ("ENABLE", "OVERLAP_THRESH", "STUFF_AREA_LIMIT", "INST_THRESH")
+    },
+    # detectron2 keys both models read under the same name.
+    **{
+        k: k
+        for k in (
+            "MODEL.PIXEL_MEAN",
+            "MODEL.PIXEL_STD",
+            "MODEL.BACKBONE.FREEZE_AT",
+            "MODEL.FPN.IN_FEATURES",
+            "MODEL.FPN.OUT_CHANNELS",
+            "MODEL.FPN.NORM",
+            "MODEL.FPN.FUSE_TYPE",
+            "INPUT.FORMAT",
+        )
+    },
+    **{
+        f"MODEL.RESNETS.{k}": f"MODEL.RESNETS.{k}"
+        for k in (
+            "DEPTH",
+            "NORM",
+            "OUT_FEATURES",
+            "NUM_GROUPS",
+            "WIDTH_PER_GROUP",
+            "STRIDE_IN_1X1",
+            "RES5_DILATION",
+            "RES2_OUT_CHANNELS",
+            "STEM_OUT_CHANNELS",
+            "DEFORM_ON_PER_STAGE",
+            "DEFORM_MODULATED",
+            "DEFORM_NUM_GROUPS",
+        )
+    },
+}
+# Our inference keys whose values the official code hard-codes (for its default 5 levels).
+OFFICIAL_HARD_CODED: dict[str, object] = {
+    _P + "POSITION_HEAD.THING.PEAK_SMOOTH_SIZES": [3, 3, 3, 5, 5],
+    _P + "POSITION_HEAD.THING.PEAK_POOL_SIZE": 3,
+    _P + "INFERENCE.SCORE_FLOOR": 0.05,
+}
 
 # (official prefix, our prefix) of the conv towers: "<official>_<k>.[dcnv2.]<rest>" ->
 # "<ours>.layer<k>.<rest>"; the DCNv2 conv's own parameters sit directly on our layer.

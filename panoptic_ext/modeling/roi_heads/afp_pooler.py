@@ -6,12 +6,11 @@ levels after their first layer (:mod:`.per_level_first_layer`).
 """
 
 import torch
-from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 from torch import nn
 
-from ...layers.roi_align_grad import roi_align_with_sparse_grad
+from ...layers.roi_align_grad import roi_align_with_sparse_grad, sparse_grad_applies
 
 __all__ = ["AdaptiveFeaturePooler"]
 
@@ -61,14 +60,7 @@ def _pool(pooler: nn.Module, feat: torch.Tensor, rois: torch.Tensor) -> torch.Te
 
     Same forward output either way; the gradient equals torchvision's up to float rounding.
     """
-    fast = (
-        isinstance(pooler, ROIAlign)
-        and pooler.sampling_ratio > 0
-        and feat.device.type == "cpu"
-        and feat.requires_grad
-        and torch.is_grad_enabled()
-    )
-    if not fast:
+    if not sparse_grad_applies(pooler, feat):
         return pooler(feat, rois)
     return roi_align_with_sparse_grad(
         feat,

@@ -5,8 +5,9 @@ import torch
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from panoptic_ext.modeling.panoptic_fcn.heads import KernelEmbedding
-from panoptic_ext.modeling.panoptic_fcn.inference import combine_panoptic, fuse_thing_kernels
+from panoptic_ext.modeling.panoptic_fcn.inference import fuse_thing_kernels
 from panoptic_ext.modeling.panoptic_fcn.losses import LossSettings, dice_loss, panoptic_fcn_losses
+from panoptic_ext.modeling.panoptic_fcn.postprocess import MaskCrops, combine_panoptic
 from panoptic_ext.modeling.panoptic_fcn.targets import (
     TargetSettings,
     build_targets,
@@ -163,10 +164,11 @@ def test_panoptic_merge_matches_sequential_painting():
         stuff[2, :, 20:] = 0.7
         stuff[0, :5] = 0.9  # "things" channel wins the top rows: never painted as stuff
         pan, info = combine_panoptic(
-            masks,
+            MaskCrops.from_masks(masks),
             scores,
             classes,
-            stuff,
+            *stuff.max(0),
+            len(stuff),
             overlap_thresh=0.5,
             stuff_area_limit=30,
             inst_thresh=0.2,
@@ -193,10 +195,11 @@ def test_panoptic_merge_matches_sequential_painting():
 def test_panoptic_merge_without_things():
     stuff = torch.zeros((4, 16, 16))
     pan, info = combine_panoptic(
-        torch.zeros((0, 16, 16), dtype=torch.bool),
+        MaskCrops.from_masks(torch.zeros((0, 16, 16), dtype=torch.bool)),
         torch.zeros(0),
         torch.zeros(0, dtype=torch.int64),
-        stuff,
+        *stuff.max(0),
+        len(stuff),
         overlap_thresh=0.5,
         stuff_area_limit=1,
         inst_thresh=0.2,
