@@ -79,23 +79,39 @@ def _compare_sem_seg(exp: torch.Tensor, act: torch.Tensor, tol: Tolerance, out: 
 
 
 # Candidates (same class, close score) examined per expected instance, nearest box first.
-_MAX_CANDIDATES = 5
+_MAX_CANDIDATES = 10
 
 
-def _same_mask(exp: Any, act: Any, i: int, j: int, tol: Tolerance) -> bool:
+def _best_counterpart(exp: Any, act: Any, i: int, row: torch.Tensor, used, tol: Tolerance) -> int:
+    """Index of the actual instance matching expected instance ``i`` (-1: none).
+
+    ``row``: box distances to the actual instances (inf where class or score differ).
+    """
+    candidates = [
+        j
+        for j in row.argsort()[:_MAX_CANDIDATES].tolist()
+        if torch.isfinite(row[j]) and not used[j]
+    ]
     if not exp.has("pred_masks"):
-        return False
-    return _agreement(exp.pred_masks[i], act.pred_masks[j]) >= tol.pixel_agreement
+        return candidates[0] if candidates and row[candidates[0]] <= tol.box_atol else -1
+    # With masks: the most similar mask (boxes can tie, e.g. several whole-image masks).
+    best, best_agree = -1, -1.0
+    for j in candidates:
+        agree = _agreement(exp.pred_masks[i], act.pred_masks[j])
+        if agree > best_agree:
+            best, best_agree = j, agree
+    return best if best_agree >= tol.pixel_agreement else -1
 
 
 def match_instances(exp: Any, act: Any, tol: Tolerance) -> list[int]:
     """For each expected instance, the index of its actual counterpart (-1: none).
 
-    Counterpart = same class, score within ``score_atol``, and the same box (within
-    ``box_atol``) or the same mask (equal on ``pixel_agreement`` of the image: boxes taken from
-    masks, as Panoptic FCN's, move by a whole pixel when one border pixel rounds the other way).
-    Nearest box first, each actual instance used once. Matching by content, not by index: two
-    detections whose scores differ by less than float rounding may swap places.
+    Counterpart = same class, score within ``score_atol``, and the same mask (equal on
+    ``pixel_agreement`` of the image; the most similar one) or, without masks, the nearest box
+    within ``box_atol``. Each actual instance is used once. Matching by content, not by index:
+    two detections whose scores differ by less than float rounding may swap places, and a box
+    taken from a mask (Panoptic FCN) moves a whole pixel when one border pixel rounds the other
+    way.
     """
     boxes_e, boxes_a = exp.pred_boxes.tensor.double(), act.pred_boxes.tensor.double()
     dist = torch.cdist(boxes_e, boxes_a, p=float("inf"))
@@ -105,16 +121,10 @@ def match_instances(exp: Any, act: Any, tol: Tolerance) -> list[int]:
     used = torch.zeros(len(act), dtype=torch.bool)
     match = []
     for i, row in enumerate(dist):
-        found = -1
-        for j in row.argsort()[:_MAX_CANDIDATES].tolist():
-            if not torch.isfinite(row[j]):
-                break
-            if not used[j] and (row[j] <= tol.box_atol or _same_mask(exp, act, i, j, tol)):
-                found = j
-                break
-        if found >= 0:
-            used[found] = True
-        match.append(found)
+        j = _best_counterpart(exp, act, i, row, used, tol)
+        if j >= 0:
+            used[j] = True
+        match.append(j)
     return match
 
 
@@ -126,7 +136,10 @@ def _describe_missing(exp: Any, act: Any, i: int) -> str:
         return text + "; no instance of that class"
     box = (act.pred_boxes.tensor[same] - exp.pred_boxes.tensor[i]).abs().amax(1)
     j = int(same[box.argmin()])
-    return f"{text}; nearest: score {float(act.scores[j]):.4f}, box {float(box.min()):.2f} px away"
+    text += f"; nearest: score {float(act.scores[j]):.4f}, box {float(box.min()):.2f} px away"
+    if exp.has("pred_masks"):
+        text += f", mask equal on {_agreement(exp.pred_masks[i], act.pred_masks[j]):.2%}"
+    return text
 
 
 def _compare_instances(exp: Any, act: Any, tol: Tolerance, out: Comparison):

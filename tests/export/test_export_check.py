@@ -99,11 +99,11 @@ def test_compare_accepts_float_rounding():
     [
         (lambda r: r["instances"].scores.__iadd__(2e-3), "2 instance(s) without a counterpart"),
         (lambda r: r["instances"].pred_classes.__setitem__(0, 0), "#0: class 1, score 0.9000"),
-        (lambda r: r["instances"].pred_masks[0, :3, :].fill_(False), "an instance mask agrees"),
+        (lambda r: r["instances"].pred_masks[0, :3, :].fill_(False), "mask equal on 97.00%"),
         (lambda r: r["instances"].pred_boxes.tensor[1].__iadd__(1.0), "boxes differ by 1.00 px"),
         (
             lambda r: r["instances"].scores[1:].__iadd__(2e-3),
-            "#1: class 2, score 0.6000; nearest: score 0.6020, box 0.00 px away",
+            "#1: class 2, score 0.6000; nearest: score 0.6020, box 0.00 px away, mask equal on 100",
         ),
         (lambda r: r["panoptic_seg"][1][2].__setitem__("category_id", 2), "segment 3 is category"),
         (lambda r: r["panoptic_seg"][1][0].__setitem__("score", 0.8), "segment scores differ"),
