@@ -99,8 +99,12 @@ def test_compare_accepts_float_rounding():
     [
         (lambda r: r["instances"].scores.__iadd__(2e-3), "2 instance(s) without a counterpart"),
         (lambda r: r["instances"].pred_classes.__setitem__(0, 0), "#0: class 1, score 0.9000"),
-        (lambda r: r["instances"].pred_masks[0, :3, :].fill_(False), "an instance mask agrees"),
-        (lambda r: r["instances"].pred_boxes.tensor[1].__iadd__(1.0), "#1: class 2"),
+        (lambda r: r["instances"].pred_masks[0, :3, :].fill_(False), "mask equal on 97.00%"),
+        (lambda r: r["instances"].pred_boxes.tensor[1].__iadd__(1.0), "boxes differ by 1.00 px"),
+        (
+            lambda r: r["instances"].scores[1:].__iadd__(2e-3),
+            "#1: class 2, score 0.6000; nearest: score 0.6020, box 0.00 px away, mask equal on 100",
+        ),
         (lambda r: r["panoptic_seg"][1][2].__setitem__("category_id", 2), "segment 3 is category"),
         (lambda r: r["panoptic_seg"][1][0].__setitem__("score", 0.8), "segment scores differ"),
         (lambda r: r["panoptic_seg"][0][:2].fill_(3), "panoptic segments agree"),
@@ -146,6 +150,18 @@ def test_compare_matches_by_content_not_order():
     result = compare_results(a, b)
     assert result.ok, result.problems
     assert result.figures["panoptic_agreement"] == 1.0 and result.figures["box_max_diff"] == 0
+
+
+def test_compare_accepts_a_mask_box_moved_by_one_border_pixel():
+    """Boxes from masks (Panoptic FCN) move a pixel when a border pixel rounds the other way."""
+    a = _results()
+    b = _copy(a)
+    b["instances"].pred_masks[0, :20, 20] = True  # one more column of 20 px = 1 % of the mask
+    b["instances"].pred_boxes.tensor[0, 2] += 1.0
+    result = compare_results(a, b, Tolerance(pixel_agreement=0.99))
+    assert result.ok, result.problems
+    assert result.figures["box_max_diff"] == 1.0
+    assert not compare_results(a, b).ok  # 20 px of 2000 is beyond the default 0.1 %
 
 
 def test_compare_counts_instances():
