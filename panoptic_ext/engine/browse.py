@@ -3,8 +3,9 @@ the same ``PanopticDatasetMapper`` as training (``panoptic-ext-browse-dataset``)
 
 Panels per image (RGB uint8, one title each):
 
-* ``panoptic``: the ground-truth panoptic PNG over the image, class names and colours from the
-  metadata (detectron2's ``Visualizer``);
+* ``panoptic``: the ground-truth panoptic PNG over the stored image (before the augmentations
+  that the other panels show), class names and colours from the metadata (detectron2's
+  ``Visualizer``);
 * ``semantic (<format>)``: the mapper's ``sem_seg`` target (things-as-one for Panoptic FPN /
   PANet / Panoptic FCN's stuff branch, all classes for Semantic FPN on ADE20K-like configs);
 * ``instances``: the mapper's ``gt_masks`` / ``gt_boxes`` / ``gt_classes`` (what the ROI heads
@@ -73,7 +74,7 @@ class DatasetBrowser:
 
     def panels(self, record: dict[str, Any]) -> list[Panel]:
         """The panels of one dataset dict (detectron2's panoptic convention)."""
-        out = [Panel("panoptic", self._panoptic(record))]
+        out = [Panel("panoptic (file, not augmented)", self._panoptic(record))]
         # The mapper's random augmentations draw from numpy / python: seed them per image.
         np.random.seed(int(torch.randint(2**31, (1,), generator=self.generator)))
         mapped = self.mapper(copy.deepcopy(record))
