@@ -100,8 +100,29 @@ def merge_image_to_panoptic(
     """
     if overlap not in OVERLAP_POLICIES:
         raise ValueError(f"overlap policy must be one of {OVERLAP_POLICIES}, got {overlap!r}")
-    h, w = semantic.shape
+    values = _check_labels(semantic, instances, thing_ids, stuff_ids, ignore_values, image_name)
     report: Counter = Counter()
+    ids, segments, clash = _paint_instances(semantic.shape, instances, overlap, report, image_name)
+    blocked = (ids > 0) | clash  # pixels skipped for overlapping stay void
+    _paint_crowds(ids, segments, blocked, instances)
+    # Stuff on the remaining pixels.
+    for cat in sorted(stuff_ids & set(values.tolist())):
+        m = ~blocked & (semantic == cat)
+        ids[m] = len(segments) + 1
+        segments.append({"id": len(segments) + 1, "category_id": int(cat)})
+    return _drop_empty_segments(ids, segments, thing_ids, report)
+
+
+def _check_labels(
+    semantic: np.ndarray,
+    instances: Sequence[dict[str, Any]],
+    thing_ids: set[int],
+    stuff_ids: set[int],
+    ignore_values: Sequence[int],
+    image_name: str,
+) -> np.ndarray:
+    """The semantic values present; raises on instances of non-thing categories and on values
+    that are neither stuff, thing nor ignored."""
     bad_cats = sorted({a["category_id"] for a in instances if a["category_id"] not in thing_ids})
     if bad_cats:
         raise ValueError(f"{image_name}: instance annotations of non-thing categories {bad_cats}")
@@ -111,30 +132,53 @@ def merge_image_to_panoptic(
         raise ValueError(
             f"{image_name}: semantic values {unknown[:20]} are not stuff, thing or ignore values"
         )
+    return values
 
+
+def _paint_instances(
+    shape: tuple[int, int],
+    instances: Sequence[dict[str, Any]],
+    overlap: str,
+    report: Counter,
+    image_name: str,
+) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """Non-crowd instances into an (H, W) int64 id map (ids 1..K in painting order), their
+    segments, and the (H, W) bool map of pixels claimed by more than one instance."""
+    h, w = shape
     ids = np.zeros((h, w), np.int64)
     clash = np.zeros((h, w), bool)
     segments: list[dict[str, Any]] = []
     normal = [a for a in instances if not a.get("iscrowd", 0)]
-    if normal:
-        stack = np.stack([_decode_segmentation(a["segmentation"], h, w) for a in normal])
-        clash = stack.sum(0) > 1
-        if clash.any():
-            report["overlapping_pixels"] += int(clash.sum())
-            if overlap == "fail":
-                culprits = [a["id"] for a, m in zip(normal, stack) if (m & clash).any()]
-                raise ValueError(
-                    f"{image_name}: instance annotations {culprits} overlap on "
-                    f"{int(clash.sum())} pixels; choose an overlap policy ('skip' or 'area')"
-                )
-        # Paint the largest first so that, with "area", smaller instances end on top.
-        for i in np.argsort(-stack.reshape(len(normal), -1).sum(1), kind="stable"):
-            ids[stack[i]] = len(segments) + 1
-            segments.append({"id": len(segments) + 1, "category_id": normal[i]["category_id"]})
-        if overlap == "skip":
-            ids[clash] = 0
-    blocked = (ids > 0) | clash  # pixels skipped for overlapping stay void
-    # One crowd segment per category, only on pixels that no instance took.
+    if not normal:
+        return ids, segments, clash
+    stack = np.stack([_decode_segmentation(a["segmentation"], h, w) for a in normal])
+    clash = stack.sum(0) > 1
+    if clash.any():
+        report["overlapping_pixels"] += int(clash.sum())
+        if overlap == "fail":
+            culprits = [a["id"] for a, m in zip(normal, stack) if (m & clash).any()]
+            raise ValueError(
+                f"{image_name}: instance annotations {culprits} overlap on "
+                f"{int(clash.sum())} pixels; choose an overlap policy ('skip' or 'area')"
+            )
+    # Paint the largest first so that, with "area", smaller instances end on top.
+    for i in np.argsort(-stack.reshape(len(normal), -1).sum(1), kind="stable"):
+        ids[stack[i]] = len(segments) + 1
+        segments.append({"id": len(segments) + 1, "category_id": normal[i]["category_id"]})
+    if overlap == "skip":
+        ids[clash] = 0
+    return ids, segments, clash
+
+
+def _paint_crowds(
+    ids: np.ndarray,
+    segments: list[dict[str, Any]],
+    blocked: np.ndarray,
+    instances: Sequence[dict[str, Any]],
+) -> None:
+    """One crowd segment per category, only on pixels no instance took (``ids``, ``segments``
+    and ``blocked`` are updated in place)."""
+    h, w = ids.shape
     crowd: dict[int, np.ndarray] = {}
     for a in instances:
         if a.get("iscrowd", 0):
@@ -145,12 +189,13 @@ def merge_image_to_panoptic(
         ids[m] = len(segments) + 1
         blocked |= m
         segments.append({"id": len(segments) + 1, "category_id": cat, "iscrowd": 1})
-    # Stuff on the remaining pixels.
-    for cat in sorted(stuff_ids & set(values.tolist())):
-        m = ~blocked & (semantic == cat)
-        ids[m] = len(segments) + 1
-        segments.append({"id": len(segments) + 1, "category_id": int(cat)})
 
+
+def _drop_empty_segments(
+    ids: np.ndarray, segments: list[dict[str, Any]], thing_ids: set[int], report: Counter
+) -> tuple[np.ndarray, list[dict[str, Any]], Counter]:
+    """Segments left without pixels are dropped (counted in ``report``); the others are
+    renumbered 1..K' and get ``area``, ``bbox`` and ``iscrowd``."""
     areas, boxes = segment_boxes(ids, len(segments))  # ids are already positions 1..K
     kept, remap = [], np.zeros(len(segments) + 1, np.int64)
     for i, seg in enumerate(segments):
