@@ -3,6 +3,9 @@
 # nothing of the repository on sys.path (configs from package data, console entry points).
 set -euo pipefail
 REPO=$1
+# A dataset folder of its own: the test suite leaves synthetic sets of other sizes in the shared
+# one, and a glob over all of them would feed the demo several images of the same name.
+export DETECTRON2_DATASETS=$PWD/datasets
 python - "$REPO" <<'PY'
 import os, sys
 import panoptic_ext
@@ -26,5 +29,7 @@ panoptic-ext-export --config-file "$CFG" --output out/export "${SMALL[@]}" \
     MODEL.WEIGHTS out/train/model_final.pth
 panoptic-ext-demo --onnx out/export/model.onnx --output out/demo_onnx \
     --input "$DETECTRON2_DATASETS/synthetic_panoptic/*/val/val/*.jpg"
+VAL=("$DETECTRON2_DATASETS"/synthetic_panoptic/*/val/val/*.jpg)
+test "$(ls out/demo_onnx/*.png | wc -l)" -eq "${#VAL[@]}"  # one picture per input
 test -s out/demo_onnx/val_000000.png
 echo "[ci] wheel: train, eval, validate, demo, export and demo --onnx ran outside the checkout"

@@ -20,7 +20,6 @@ import cv2
 from detectron2.data import DatasetCatalog
 
 from ..config import build_cfg
-from ..data.datasets import register_synthetic_datasets
 from ..engine.browse import DatasetBrowser, contact_sheet, panel_row
 from ..engine.launch import register_config_datasets
 
@@ -49,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = build_cfg(args.config_file, args.opts, device="cpu")
     register_config_datasets(cfg)
-    syn = cfg.DATASETS.SYNTHETIC
-    register_synthetic_datasets(syn.IMAGE_SIZE, syn.NUM_TRAIN, syn.NUM_VAL, syn.SEED)
     name = args.dataset or cfg.DATASETS.TRAIN[0]
     if name not in DatasetCatalog.list():
         print(f"error: dataset {name!r} is not registered", file=sys.stderr)

@@ -22,6 +22,7 @@ from ..data.validation import (
     check_config_class_counts,
     validate_panoptic_dataset,
 )
+from ..engine.launch import register_config_datasets
 
 
 def parse_args(argv=None):
@@ -43,6 +44,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     json_file, panoptic_root, image_root = args.json, args.panoptic_root, args.image_root
     image_files = None
+    # The config's datasets first: --dataset names the synthetic set of ITS size and count, or
+    # one of its DATASETS.REGISTER_PANOPTIC entries.
+    cfg = build_cfg(args.config_file, args.opts, device="cpu") if args.config_file else None
+    if cfg is not None:
+        register_config_datasets(cfg)
     if args.dataset:
         from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -64,10 +70,9 @@ def main(argv=None) -> int:
         workers=args.workers,
         image_files=image_files,
     )
-    if args.config_file:
+    if cfg is not None:
         import json
 
-        cfg = build_cfg(args.config_file, args.opts, device="cpu")
         with open(json_file) as f:
             problems += check_config_class_counts(cfg, json.load(f).get("categories", []))
     for p in problems:

@@ -25,10 +25,16 @@ logger = logging.getLogger(__name__)
 
 
 def register_config_datasets(cfg: CfgNode) -> list[str]:
-    """Register the datasets listed in ``DATASETS.REGISTER_PANOPTIC``; return their names.
+    """Register the datasets a config describes: those listed in ``DATASETS.REGISTER_PANOPTIC``
+    (their names are returned) and the synthetic sets of ``DATASETS.SYNTHETIC``'s size, count
+    and seed.
 
     A name that is already registered is replaced, so a re-run with other paths takes effect.
     """
+    synthetic = cfg.DATASETS.SYNTHETIC
+    register_synthetic_datasets(
+        synthetic.IMAGE_SIZE, synthetic.NUM_TRAIN, synthetic.NUM_VAL, synthetic.SEED
+    )
     names = []
     for entry in cfg.DATASETS.REGISTER_PANOPTIC:
         if len(entry) != 4:
@@ -54,10 +60,6 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     training = not getattr(args, "eval_only", False)
     check_config_values(cfg, training=training, world_size=comm.get_world_size())
     register_config_datasets(cfg)
-    synthetic = cfg.DATASETS.SYNTHETIC
-    register_synthetic_datasets(
-        synthetic.IMAGE_SIZE, synthetic.NUM_TRAIN, synthetic.NUM_VAL, synthetic.SEED
-    )
     claim_output_dir_all_ranks(
         cfg.OUTPUT_DIR,
         training=training,

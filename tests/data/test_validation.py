@@ -163,3 +163,19 @@ def test_index_map_reports_stray_ids():
     assert (index_map(big, np.arange(70001, 70300)[::-1], 999) == expected).all()
     # The per-thread tables are clean again: an id known before is unknown now.
     assert index_map(ids, [5], 9).tolist() == [[0, 9, 1], [1, 9, 0]]
+
+
+def test_dataset_option_takes_the_configs_synthetic_set(run_tool, tmp_path, monkeypatch):
+    """--dataset with --config-file validates the synthetic set of the config's size and count
+    (the one its training uses), not the default one."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    rc, out = run_tool("--dataset", "synthetic_panoptic_val", "--config-file", QUICK,
+                       "DATASETS.SYNTHETIC.IMAGE_SIZE", "48", "DATASETS.SYNTHETIC.NUM_VAL", "3",
+                       "DATASETS.SYNTHETIC.NUM_TRAIN", "2")  # fmt: skip
+    assert rc == 0, out
+    (json_file,) = [line.split(":")[0] for line in out.splitlines() if "errors," in line]
+    folder = os.path.relpath(json_file, tmp_path / "synthetic_panoptic").split(os.sep)[0]
+    assert folder.startswith("v1_s48_n3_"), json_file
+    assert len(json.load(open(json_file))["images"]) == 3
+    # The default 24-image set was not generated.
+    assert os.listdir(tmp_path / "synthetic_panoptic") == [folder]
