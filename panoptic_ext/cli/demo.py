@@ -43,6 +43,7 @@ from ..data import PanopticDatasetMapper
 from ..data.datasets import register_synthetic_datasets
 from ..data.image_io import UnreadableImageError, UnsupportedImageError, read_image
 from ..engine import Trainer
+from ..engine.launch import register_config_datasets
 from ..export import ExportedPredictor
 from ..structures.boxes import segment_boxes
 from ..structures.panoptic_ids import id_to_rgb
@@ -95,8 +96,7 @@ def check_input_format(cfg: CfgNode) -> str | None:
 def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:
     """Frozen config with every panoptic_ext key, on CPU when CUDA is absent."""
     cfg = build_cfg(config_file, opts)
-    s = cfg.DATASETS.SYNTHETIC  # class names of the synthetic configs
-    register_synthetic_datasets(s.IMAGE_SIZE, s.NUM_TRAIN, s.NUM_VAL, s.SEED)
+    register_config_datasets(cfg)  # class names of DATASETS.TEST[0] (synthetic or the user's)
     return cfg
 
 

@@ -148,3 +148,24 @@ def test_metadata_fallback_for_coco_configs_without_files():
         "box",
         "triangle",
     ]
+
+
+def test_class_names_of_a_dataset_registered_by_the_config(tmp_path):
+    """A user's dataset named only in DATASETS.REGISTER_PANOPTIC gives the demo its names."""
+    from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
+
+    root = tmp_path / "mine"
+    generate_split(str(root), "val", SyntheticSpec(image_size=32, num_images=2, seed=3))
+    data = json.load(open(root / "panoptic_val.json"))
+    for c in data["categories"]:
+        c["name"] = f"my_{c['name']}"
+    json.dump(data, open(root / "panoptic_val.json", "w"))
+    entry = ("demo_mine", *(str(root / f) for f in ("val", "panoptic_val", "panoptic_val.json")))
+    cfg = _demo().setup_cfg(
+        config_path(CONFIG),
+        ["DATASETS.REGISTER_PANOPTIC", repr([entry]), "DATASETS.TEST", "('demo_mine',)"],
+    )
+    meta = _demo().demo_metadata(cfg)
+    assert meta.thing_classes == ["my_disk", "my_box", "my_triangle"]
+    stuff = meta.stuff_classes[1:]  # [0] is the merged "things" class
+    assert stuff and all(n.startswith("my_") for n in stuff), meta.stuff_classes
