@@ -27,7 +27,7 @@ from torch import nn
 from .compare import Tolerance, compare_results
 from .families import family_of
 from .runtime import INPUT_NAME, ExportedPredictor
-from .spec import SPEC_KEY, ExportFormat, ExportSpec
+from .spec import SPEC_KEY, ExportFormat, ExportSpec, settings_to_dict
 from .symbolics import OPSET, register_symbolics
 
 __all__ = ["ExportCheckError", "ExportResult", "export_model", "check_inputs"]
@@ -74,7 +74,7 @@ def build_spec(cfg: CfgNode, model: nn.Module, fmt: ExportFormat) -> ExportSpec:
         min_size_test=int(cfg.INPUT.MIN_SIZE_TEST),
         max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
         output_names=family.output_names(model),
-        settings=dataclasses.asdict(family.settings(model)),
+        settings=settings_to_dict(family.settings(model)),
         dataset=cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
         format=fmt.value,
         versions=_versions(),
