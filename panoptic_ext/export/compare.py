@@ -82,16 +82,20 @@ def _compare_sem_seg(exp: torch.Tensor, act: torch.Tensor, tol: Tolerance, out: 
 _MAX_CANDIDATES = 10
 
 
-def _best_counterpart(exp: Any, act: Any, i: int, row: torch.Tensor, used, tol: Tolerance) -> int:
+def _best_counterpart(
+    exp: Any, act: Any, i: int, row: torch.Tensor, score_diff: torch.Tensor, used, tol: Tolerance
+) -> int:
     """Index of the actual instance matching expected instance ``i`` (-1: none).
 
-    ``row``: box distances to the actual instances (inf where class or score differ).
+    ``row``: box distances to the actual instances (inf where class or score differ);
+    ``score_diff``: their score differences. Candidates are the unused ones, nearest box first
+    and, among equal boxes (e.g. many whole-image masks), closest score first: a result then
+    always matches itself.
     """
-    candidates = [
-        j
-        for j in row.argsort()[:_MAX_CANDIDATES].tolist()
-        if torch.isfinite(row[j]) and not used[j]
-    ]
+    by_score = score_diff.argsort(stable=True)
+    order = by_score[row[by_score].argsort(stable=True)]
+    candidates = [j for j in order.tolist() if torch.isfinite(row[j]) and not used[j]]
+    candidates = candidates[:_MAX_CANDIDATES]
     if not exp.has("pred_masks"):
         return candidates[0] if candidates and row[candidates[0]] <= tol.box_atol else -1
     # With masks: the most similar mask (boxes can tie, e.g. several whole-image masks).
@@ -115,13 +119,14 @@ def match_instances(exp: Any, act: Any, tol: Tolerance) -> list[int]:
     """
     boxes_e, boxes_a = exp.pred_boxes.tensor.double(), act.pred_boxes.tensor.double()
     dist = torch.cdist(boxes_e, boxes_a, p=float("inf"))
+    score_diff = (exp.scores[:, None] - act.scores[None, :]).abs()
     valid = exp.pred_classes[:, None] == act.pred_classes[None, :]
-    valid &= (exp.scores[:, None] - act.scores[None, :]).abs() <= tol.score_atol
+    valid &= score_diff <= tol.score_atol
     dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
     used = torch.zeros(len(act), dtype=torch.bool)
     match = []
     for i, row in enumerate(dist):
-        j = _best_counterpart(exp, act, i, row, used, tol)
+        j = _best_counterpart(exp, act, i, row, score_diff[i], used, tol)
         if j >= 0:
             used[j] = True
         match.append(j)

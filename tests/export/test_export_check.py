@@ -152,6 +152,31 @@ def test_compare_matches_by_content_not_order():
     assert result.figures["panoptic_agreement"] == 1.0 and result.figures["box_max_diff"] == 0
 
 
+def _whole_image_instances(scores: torch.Tensor) -> Instances:
+    inst = Instances((8, 8))
+    inst.pred_masks = torch.ones(len(scores), 8, 8, dtype=torch.bool)
+    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]]).repeat(len(scores), 1))
+    inst.scores = scores
+    inst.pred_classes = torch.zeros(len(scores), dtype=torch.long)
+    return inst
+
+
+def test_compare_matches_many_equal_masks_by_score():
+    """A weak model (Panoptic FCN at random init) gives dozens of same-class whole-image masks
+    with scores 1e-4 apart: boxes and masks all tie, so the score decides the counterpart. (The
+    first ten by box alone once left an instance without its own counterpart: a result
+    differed from itself.)"""
+    scores = 0.06 + 1e-4 * torch.arange(30, dtype=torch.float32).flip(0)
+    a = {"instances": _whole_image_instances(scores)}
+    assert compare_results(a, a).ok, compare_results(a, a).problems
+    b = {"instances": _whole_image_instances(scores + 1e-6)}  # rounding of another runtime
+    result = compare_results(a, b)
+    assert result.ok, result.problems
+    assert result.figures["instance_score_max_diff"] < 2e-6
+    c = {"instances": _whole_image_instances(torch.cat([scores[:-1], scores[-1:] - 2e-3]))}
+    assert "1 instance(s) without a counterpart" in compare_results(a, c).problems[0]
+
+
 def test_compare_accepts_a_mask_box_moved_by_one_border_pixel():
     """Boxes from masks (Panoptic FCN) move a pixel when a border pixel rounds the other way."""
     a = _results()
