@@ -184,8 +184,8 @@ def export_model(
         samples: test-time inputs ``{"image": (3, H, W) uint8, "height", "width"}`` (as
             ``PanopticDatasetMapper(cfg, is_train=False)`` makes them); the first one is traced,
             all of them are checked at two sizes.
-        tolerance: allowed differences between exported and eager results (default
-            :class:`Tolerance`).
+        tolerance: allowed differences between exported and eager results (default: the
+            family's, :class:`Tolerance` with Panoptic FCN's stuff near-ties).
 
     Raises:
         ExportCheckError: results differ (the file is not written).
@@ -212,7 +212,7 @@ def export_model(
             else:
                 traced = torch.jit.trace(network, (image,), check_trace=False)
                 torch.jit.save(traced, tmp, _extra_files={SPEC_KEY: spec.to_json()})
-        checks = _check(model, tmp, samples, tolerance or Tolerance())
+        checks = _check(model, tmp, samples, tolerance or family.tolerance)
         spec = dataclasses.replace(spec, checks=checks)
         if fmt is ExportFormat.ONNX:
             import onnx
