@@ -4,6 +4,7 @@ import os
 
 import cv2
 import numpy as np
+import torch
 from detectron2.data import DatasetCatalog
 from helpers import KEEP_ALL_DETECTIONS_OPTS, TINY_OPTS, build_tiny_model, load_cfg, register_tiny
 
@@ -25,10 +26,18 @@ RCNN_OPTS = [
     "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
     "MODEL.ROI_MASK_HEAD.CONV_DIM", 64,  # PANet's FF branch halves it for its GroupNorm(32)
 ]  # fmt: skip
+PANOPTIC_FCN_OPTS = [
+    "MODEL.PANOPTIC_FCN.POSITION_HEAD.DEFORM", True,  # DCNv2 -> ONNX DeformConv
+    # Fewer candidates per level than a 64 px image's larger levels have positions (and more
+    # than its smaller ones): a cap that tracing froze to the traced size then shows.
+    "MODEL.PANOPTIC_FCN.POSITION_HEAD.THING.LEVEL_TOP_NUM", 6,
+    "MODEL.PANOPTIC_FCN.INFERENCE.COMBINE.STUFF_AREA_LIMIT", 16,
+]  # fmt: skip
 FAMILY_CONFIGS = {
     "semantic_fpn": ("quick_schedules/semantic_fpn_synthetic.yaml", []),
     "panoptic_fpn": ("quick_schedules/panoptic_fpn_synthetic.yaml", RCNN_OPTS),
     "panet": ("quick_schedules/panet_synthetic.yaml", RCNN_OPTS),
+    "panoptic_fcn": ("quick_schedules/panoptic_fcn_synthetic.yaml", PANOPTIC_FCN_OPTS),
 }
 
 
@@ -39,7 +48,20 @@ def family_cfg(family: str, *opts):
 
 def family_model(family: str, *opts):
     cfg = family_cfg(family, *opts)
-    return cfg, build_tiny_model(cfg).eval()
+    model = build_tiny_model(cfg).eval()
+    if family == "panoptic_fcn":
+        _decisive_panoptic_fcn(model)
+    return cfg, model
+
+
+@torch.no_grad()
+def _decisive_panoptic_fcn(model) -> None:
+    """Random-init output layers have std 0.01: scaled up, peaks, masks and stuff are decided
+    (things and stuff in the panoptic output) instead of near-ties."""
+    heads = (model.position_head.out_inst, model.position_head.out_sem, model.kernel_head.out_conv)
+    embeds = (model.thing_generator.embed_extractor, model.stuff_generator.embed_extractor)
+    for conv in heads + embeds:
+        conv.weight.mul_(20)
 
 
 def val_dicts() -> list[dict]:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .compare import Tolerance
+
 __all__ = ["Family", "NetworkOutputs"]
 
 # Graph outputs by name, as torch tensors (on the runtime's device).
@@ -38,6 +40,8 @@ class Family:
         settings: model -> an instance of ``settings_type`` read from the built model.
         postprocess: (outputs, settings, image_size (h, w) of the network input, output size
             (height, width)) -> detectron2 result dict ("panoptic_seg" / "instances" / "sem_seg").
+        tolerance: what the export check lets float rounding change (default
+            :class:`~panoptic_ext.export.compare.Tolerance`).
     """
 
     name: str
@@ -48,3 +52,4 @@ class Family:
     settings_type: type
     settings: Callable[[nn.Module], Any]
     postprocess: Callable[[NetworkOutputs, Any, tuple[int, int], tuple[int, int]], dict[str, Any]]
+    tolerance: Tolerance = Tolerance()

@@ -27,7 +27,7 @@ from torch import nn
 from .compare import Tolerance, compare_results
 from .families import family_of
 from .runtime import INPUT_NAME, ExportedPredictor
-from .spec import SPEC_KEY, ExportFormat, ExportSpec
+from .spec import SPEC_KEY, ExportFormat, ExportSpec, settings_to_dict
 from .symbolics import OPSET, register_symbolics
 
 __all__ = ["ExportCheckError", "ExportResult", "export_model", "check_inputs"]
@@ -74,7 +74,7 @@ def build_spec(cfg: CfgNode, model: nn.Module, fmt: ExportFormat) -> ExportSpec:
         min_size_test=int(cfg.INPUT.MIN_SIZE_TEST),
         max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
         output_names=family.output_names(model),
-        settings=dataclasses.asdict(family.settings(model)),
+        settings=settings_to_dict(family.settings(model)),
         dataset=cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "",
         format=fmt.value,
         versions=_versions(),
@@ -184,8 +184,8 @@ def export_model(
         samples: test-time inputs ``{"image": (3, H, W) uint8, "height", "width"}`` (as
             ``PanopticDatasetMapper(cfg, is_train=False)`` makes them); the first one is traced,
             all of them are checked at two sizes.
-        tolerance: allowed differences between exported and eager results (default
-            :class:`Tolerance`).
+        tolerance: allowed differences between exported and eager results (default: the
+            family's, :class:`Tolerance` with Panoptic FCN's stuff near-ties).
 
     Raises:
         ExportCheckError: results differ (the file is not written).
@@ -212,7 +212,7 @@ def export_model(
             else:
                 traced = torch.jit.trace(network, (image,), check_trace=False)
                 torch.jit.save(traced, tmp, _extra_files={SPEC_KEY: spec.to_json()})
-        checks = _check(model, tmp, samples, tolerance or Tolerance())
+        checks = _check(model, tmp, samples, tolerance or family.tolerance)
         spec = dataclasses.replace(spec, checks=checks)
         if fmt is ExportFormat.ONNX:
             import onnx

@@ -6,6 +6,7 @@ Adding an exportable model adds one entry here (and its family module).
 from __future__ import annotations
 
 from .base import Family
+from .panoptic_fcn import PANOPTIC_FCN
 from .rcnn import RCNN
 from .semantic import SEMANTIC
 
@@ -15,6 +16,7 @@ FAMILIES: dict[str, Family] = {
     "SemanticSegmentor": SEMANTIC,
     "GeneralizedRCNN": RCNN,
     "PanopticFPN": RCNN,
+    "PanopticFCN": PANOPTIC_FCN,
 }
 
 

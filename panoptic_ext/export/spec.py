@@ -15,7 +15,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ExportFormat", "ExportSpec", "SPEC_KEY", "SPEC_VERSION", "settings_from_dict"]
+__all__ = [
+    "ExportFormat",
+    "ExportSpec",
+    "SPEC_KEY",
+    "SPEC_VERSION",
+    "settings_from_dict",
+    "settings_to_dict",
+]
 
 # Metadata key (ONNX) / extra-file name (TorchScript) holding the JSON spec.
 SPEC_KEY = "panoptic_ext.export_spec"
@@ -149,3 +156,9 @@ def _checked_fields(cls: type, data: dict[str, Any], source: str, what: str) -> 
 def settings_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
     """Build a family's settings dataclass ``cls`` from its JSON dict, checking every key."""
     return cls(**_checked_fields(cls, data, source, f"{cls.__name__} setting"))
+
+
+def settings_to_dict(settings: Any) -> dict[str, Any]:
+    """A family's settings dataclass as the spec stores it (JSON values: tuples become lists),
+    so a spec in memory equals the one read back from the file."""
+    return json.loads(json.dumps(dataclasses.asdict(settings)))

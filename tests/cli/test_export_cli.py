@@ -14,23 +14,29 @@ from panoptic_ext.cli import demo, export_model
 from panoptic_ext.export import ExportedPredictor
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A saved random-init tiny Panoptic FPN (the CLI loads weights like any user's)."""
-    _, model = family_model("panoptic_fpn")
-    folder = tmp_path_factory.mktemp("weights")
+def _saved(family: str, folder) -> str:
+    """A saved random-init tiny model of ``family`` (the CLI loads weights like any user's)."""
+    _, model = family_model(family)
     DetectionCheckpointer(model, str(folder)).save("model")
     return str(folder / "model.pth")
 
 
-def _opts(weights):
-    name, extra = FAMILY_CONFIGS["panoptic_fpn"]
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return _saved("panoptic_fpn", tmp_path_factory.mktemp("weights"))
+
+
+def _opts(weights, family="panoptic_fpn"):
+    name, extra = FAMILY_CONFIGS[family]
     opts = [*SMALL_OPTS, *extra, "TEST.DETECTIONS_PER_IMAGE", 20, "MODEL.WEIGHTS", weights]
     return config_path(name), [str(v) for v in opts]
 
 
-def test_export_then_demo_matches_the_eager_demo(weights, tmp_path):
-    cfg_file, opts = _opts(weights)
+@pytest.mark.parametrize("family", ["panoptic_fpn", "panoptic_fcn"])
+def test_export_then_demo_matches_the_eager_demo(family, weights, tmp_path):
+    if family != "panoptic_fpn":
+        weights = _saved(family, tmp_path)
+    cfg_file, opts = _opts(weights, family)
     images = [d["file_name"] for d in val_dicts()[:3]]
     argv = ["--config-file", cfg_file, "--output", str(tmp_path / "export")]
     assert export_model.main([*argv, "--sample-image", images[0], *opts]) == 0

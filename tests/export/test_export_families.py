@@ -14,7 +14,7 @@ from export_helpers import cropped_image, family_model, mapped_inputs
 from panoptic_ext.data import PanopticDatasetMapper
 from panoptic_ext.export import ExportedPredictor, ExportFormat, compare_results, export_model
 
-FAMILIES = ["semantic_fpn", "panoptic_fpn", "panet"]
+FAMILIES = ["semantic_fpn", "panoptic_fpn", "panet", "panoptic_fcn"]
 
 
 def _assert_same(expected, actual):
@@ -75,8 +75,9 @@ def test_export_records_its_checks(exported):
 
 
 @torch.no_grad()
-def test_torchscript_matches_eager(tmp_path):
-    cfg, model = family_model("panoptic_fpn")
+@pytest.mark.parametrize("family", ["panoptic_fpn", "panoptic_fcn"])
+def test_torchscript_matches_eager(family, tmp_path):
+    cfg, model = family_model(family)
     inputs = mapped_inputs(cfg, (0, 1))
     result = export_model(model, cfg, ExportFormat.TORCHSCRIPT, str(tmp_path), inputs[:1])
     assert result.path.endswith("model.ts")

@@ -203,7 +203,9 @@ def rescore_things(
         with n' = min(n, top_num).
     """
     m = probs > mask_thres
-    count = m.view(torch.uint8).sum(-1, dtype=torch.int32)  # 2x faster than an int64 count
+    # A uint8 view counts 2x faster than an int64 count; tracing has no dtype view (a cast).
+    u8 = m.to(torch.uint8) if torch.jit.is_tracing() else m.view(torch.uint8)
+    count = u8.sum(-1, dtype=torch.int32)
     maskness = torch.where(m, probs, 0.0).sum(-1) / (count + 1e-6)
     s = torch.where(keep, scores * maskness, torch.full_like(scores, -1.0))
     s, order = s.sort(dim=1, descending=True)

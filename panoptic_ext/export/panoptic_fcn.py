@@ -1,0 +1,101 @@
+"""Export of ``PanopticFCN`` (including its deformable convs, exported as ONNX ``DeformConv``).
+
+Network: ``preprocess_image`` and ``PanopticFCN.predict`` -> the six tensors of
+``LowResPredictions`` (thing candidates, fusion and rescoring included: fixed shapes for a given
+input size). Post-processing: Panoptic FCN's own ``postprocess_image``, the function
+``PanopticFCN.inference`` applies to each image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..modeling.panoptic_fcn import PanopticFCN
+from ..modeling.panoptic_fcn.inference import InferenceSettings, LowResPredictions
+from ..modeling.panoptic_fcn.postprocess import postprocess_image
+from .base import Family, NetworkOutputs
+from .compare import Tolerance
+
+__all__ = ["PANOPTIC_FCN", "PanopticFCNNetwork", "PanopticFCNSettings"]
+
+_OUTPUTS = tuple(f.name for f in dataclasses.fields(LowResPredictions))
+
+
+class PanopticFCNNetwork(nn.Module):
+    """(3, H, W) uint8 image -> the fields of ``LowResPredictions`` for that image (N = 1).
+
+    Returns, in order (K thing slots, S stuff channels, Hf x Wf the encoder resolution):
+        thing_probs (1, K, Hf, Wf) f32, thing_scores (1, K) f32, thing_classes (1, K) i64,
+        thing_valid (1, K) bool, stuff_probs (1, S, Hf, Wf) f32, stuff_present (1, S) bool.
+    """
+
+    def __init__(self, model: PanopticFCN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        images = self.model.preprocess_image([{"image": image}])
+        pred = self.model.predict(images.tensor)
+        return tuple(getattr(pred, name) for name in _OUTPUTS)
+
+
+@dataclass(frozen=True)
+class PanopticFCNSettings(InferenceSettings):
+    """The model's ``InferenceSettings`` plus the backbone's padding (to recover the stride).
+
+    Attributes:
+        size_divisibility: the input is padded to a multiple of it (0: no padding).
+    """
+
+    size_divisibility: int = 0
+
+
+def _settings(model: PanopticFCN) -> PanopticFCNSettings:
+    values = dataclasses.asdict(model.inference_settings)
+    return PanopticFCNSettings(**values, size_divisibility=model.backbone.size_divisibility)
+
+
+def _postprocess(
+    outputs: NetworkOutputs,
+    settings: PanopticFCNSettings,
+    image_size: tuple[int, int],
+    out_size: tuple[int, int],
+) -> dict[str, Any]:
+    """detectron2 results of one image, by ``postprocess_image`` as ``PanopticFCN.inference``."""
+    pred = LowResPredictions(**{name: outputs[name] for name in _OUTPUTS})
+    d = settings.size_divisibility
+    padded_width = math.ceil(image_size[1] / d) * d if d > 1 else image_size[1]
+    stride = padded_width // pred.thing_probs.shape[-1]
+    return postprocess_image(pred, 0, stride, image_size, out_size, settings)
+
+
+def _check(model: nn.Module) -> None:
+    if not isinstance(model, PanopticFCN):
+        raise ValueError(f"expected a PanopticFCN, got {type(model).__name__}")
+
+
+PANOPTIC_FCN = Family(
+    name="Panoptic FCN",
+    check=_check,
+    network=PanopticFCNNetwork,
+    output_names=lambda model: _OUTPUTS,
+    dynamic_axes=lambda model: {
+        "thing_probs": {1: "things", 2: "low_height", 3: "low_width"},
+        "thing_scores": {1: "things"},
+        "thing_classes": {1: "things"},
+        "thing_valid": {1: "things"},
+        "stuff_probs": {2: "low_height", 3: "low_width"},
+    },
+    settings_type=PanopticFCNSettings,
+    settings=_settings,
+    postprocess=_postprocess,
+    # Stuff labels are the sem_seg argmax; random-init stuff maps are tied within 1e-5 on ~10 %
+    # of the pixels, where rounding flips them (DEPLOY.md, "Panoptic FCN and near-ties").
+    tolerance=Tolerance(panoptic_stuff_ties=True),
+)
