@@ -28,8 +28,8 @@ from detectron2.data import detection_utils as utils
 
 from ..config import build_cfg
 from ..data import PanopticDatasetMapper
-from ..data.datasets import register_synthetic_datasets
 from ..engine import Trainer
+from ..engine.launch import register_config_datasets
 from ..export import ExportCheckError, ExportFormat, export_model
 from ..export.compare import worst_figures
 
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     cfg = build_cfg(args.config_file, args.opts, device="cpu")
-    s = cfg.DATASETS.SYNTHETIC  # the quick schedules' test set
-    register_synthetic_datasets(s.IMAGE_SIZE, s.NUM_TRAIN, s.NUM_VAL, s.SEED)
+    register_config_datasets(cfg)  # sample images come from DATASETS.TEST[0]
     model = Trainer.build_model(cfg)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
