@@ -1,7 +1,7 @@
 """Turn a training run's ``metrics.json`` into curve PNGs (``panoptic-ext-plot-metrics``).
 
     panoptic-ext-plot-metrics output/panoptic_fpn_synthetic            # PNGs next to metrics.json
-    panoptic-ext-plot-metrics output/run/metrics.json --output plots/ --smooth 50
+    panoptic-ext-plot-metrics output/run/metrics.json --output plots/ --smooth 500
 
 Writes ``loss.png`` (every loss term and total_loss, raw and running median), ``lr.png`` and,
 when the run evaluated, ``eval.png`` (PQ / AP / mIoU at each evaluation); see
@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("metrics", help="metrics.json, or the OUTPUT_DIR that holds it")
     parser.add_argument("--output", help="folder of the PNGs (default: next to metrics.json)")
-    parser.add_argument("--smooth", type=int, default=20, help="running-median window of losses")
+    parser.add_argument(
+        "--smooth", type=int, default=200, help="window of the loss medians, in iterations"
+    )
     args = parser.parse_args(argv)
     if args.smooth < 1:
         parser.error(f"--smooth must be >= 1, got {args.smooth}")

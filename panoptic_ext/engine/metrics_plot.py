@@ -1,8 +1,9 @@
 """Training curves from detectron2's ``metrics.json`` (one JSON object per line, written by its
 ``JSONWriter``): loss terms, learning rate and the evaluation metrics over iterations, as PNGs.
 
-* ``loss.png``: every ``loss_*`` term and ``total_loss``, raw (faint) and smoothed (running
-  median, like detectron2's console log), on a log scale;
+* ``loss.png``: every ``loss_*`` term and ``total_loss``, raw (faint) and smoothed (median over
+  a window of iterations centred on each point, so the curve does not lag behind the raw one),
+  on a log scale;
 * ``lr.png``: the learning rate;
 * ``eval.png``: one panel per evaluation task (PQ / PQ_th / PQ_st, box and mask AP, mIoU) with a
   marker at each evaluation; written only when the run evaluated.
@@ -33,7 +34,10 @@ EVAL_METRICS: dict[str, tuple[str, ...]] = {
     "segm": ("AP", "AP50", "AP75"),
     "sem_seg": ("mIoU", "fwIoU"),
 }
-_SMOOTH = 20  # window of the running median (detectron2's console log uses 20 too)
+# Window, in iterations, of the loss medians. detectron2's JSONWriter already writes each loss as
+# the median of its last 20 iterations, every 20 iterations by default: a window of 200 spans
+# 10 such records.
+_SMOOTH = 200
 
 
 @dataclass
@@ -85,14 +89,14 @@ def read_metrics(path: str) -> MetricsHistory:
     return history
 
 
-def _running_median(values: np.ndarray, window: int) -> np.ndarray:
-    """(N,) running median over the last ``window`` values (fewer at the start)."""
+def _running_median(its: np.ndarray, values: np.ndarray, window: int) -> np.ndarray:
+    """(N,) median of the values whose iteration lies within ``window`` iterations centred on
+    each point's (fewer points at the ends); ``its`` ascending."""
     if len(values) < 2:
         return values
-    window = min(window, len(values))
-    padded = np.concatenate([np.full(window - 1, np.nan), values])
-    views = np.lib.stride_tricks.sliding_window_view(padded, window)
-    return np.nanmedian(views, axis=1)
+    lo = np.searchsorted(its, its - window / 2, side="left")
+    hi = np.searchsorted(its, its + window / 2, side="right")
+    return np.array([np.median(values[a:b]) for a, b in zip(lo, hi)])
 
 
 def _new_figure(panels: int, title: str):
@@ -124,7 +128,8 @@ def _plot_losses(history: MetricsHistory, path: str, smooth: int) -> str | None:
     for ax, key in zip(axes, keys):
         its, values = history.series[key]
         ax.plot(its, values, color="tab:blue", alpha=0.25, linewidth=0.8, label="raw")
-        ax.plot(its, _running_median(values, smooth), color="tab:blue", label=f"median {smooth}")
+        smoothed = _running_median(its, values, smooth)
+        ax.plot(its, smoothed, color="tab:blue", label=f"median, {smooth} iterations")
         if (values > 0).all():
             ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
@@ -176,7 +181,7 @@ def plot_metrics(
     Args:
         metrics_path: a ``metrics.json`` or the output folder holding it.
         output_dir: where the PNGs go (default: next to ``metrics.json``).
-        smooth: running-median window of the loss curves.
+        smooth: window of the loss curves' medians, in iterations (centred).
     """
     history = read_metrics(metrics_path)
     output_dir = output_dir or os.path.dirname(history.source)

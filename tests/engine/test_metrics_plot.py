@@ -53,3 +53,18 @@ def test_bad_metrics_file_is_named(tmp_path, capsys):
     assert f"{metrics}:2" in capsys.readouterr().err
     assert cli.main([str(tmp_path / "nothing")]) == 1
     assert "no metrics file" in capsys.readouterr().err
+
+
+def test_loss_median_is_centred_in_iterations():
+    """The smoothed curve does not lag: on a straight line the centred median is the line itself
+    (away from the ends); the window counts iterations, whatever the logging period."""
+    from panoptic_ext.engine.metrics_plot import _running_median
+
+    its = np.arange(0, 1000, 20, dtype=np.float64)  # detectron2's default period
+    line = 5.0 - its / 1000
+    smoothed = _running_median(its, line, 200)
+    assert np.allclose(smoothed[5:-5], line[5:-5])
+    spike = line.copy()
+    spike[20] = 100.0  # one outlier record inside a window of 11 records
+    assert np.allclose(_running_median(its, spike, 200)[15:26], line[15:26], atol=0.03)
+    assert _running_median(its, line, 1).tolist() == line.tolist()  # window below the period
