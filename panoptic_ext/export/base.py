@@ -30,7 +30,7 @@ class Family:
 
     Attributes:
         name: short family name, for messages.
-        check: raises ValueError naming the config key when a model cannot be exported.
+        model_class: the meta-architecture class (subclasses included) the family exports.
         network: model -> tensor-only module; its ``forward(image)`` takes (3, H, W) uint8 and
             returns a tuple ordered as ``output_names(model)``.
         output_names: model -> names of the network outputs.
@@ -42,10 +42,12 @@ class Family:
             (height, width)) -> detectron2 result dict ("panoptic_seg" / "instances" / "sem_seg").
         tolerance: what the export check lets float rounding change (default
             :class:`~panoptic_ext.export.compare.Tolerance`).
+        requirements: model -> None; raises ValueError naming the config key when a model of
+            ``model_class`` is built with parts the network cannot trace (default: none).
     """
 
     name: str
-    check: Callable[[nn.Module], None]
+    model_class: type[nn.Module]
     network: Callable[[nn.Module], nn.Module]
     output_names: Callable[[nn.Module], tuple[str, ...]]
     dynamic_axes: Callable[[nn.Module], dict[str, dict[int, str]]]
@@ -53,3 +55,13 @@ class Family:
     settings: Callable[[nn.Module], Any]
     postprocess: Callable[[NetworkOutputs, Any, tuple[int, int], tuple[int, int]], dict[str, Any]]
     tolerance: Tolerance = Tolerance()
+    requirements: Callable[[nn.Module], None] = lambda model: None
+
+    def check(self, model: nn.Module) -> None:
+        """Raise ValueError when ``model`` is not of ``model_class`` or misses a requirement."""
+        if not isinstance(model, self.model_class):
+            raise ValueError(
+                f"{self.name} export expects a {self.model_class.__name__}, "
+                f"got {type(model).__name__}"
+            )
+        self.requirements(model)

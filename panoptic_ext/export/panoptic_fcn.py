@@ -75,14 +75,9 @@ def _postprocess(
     return postprocess_image(pred, 0, stride, image_size, out_size, settings)
 
 
-def _check(model: nn.Module) -> None:
-    if not isinstance(model, PanopticFCN):
-        raise ValueError(f"expected a PanopticFCN, got {type(model).__name__}")
-
-
 PANOPTIC_FCN = Family(
     name="Panoptic FCN",
-    check=_check,
+    model_class=PanopticFCN,
     network=PanopticFCNNetwork,
     output_names=lambda model: _OUTPUTS,
     dynamic_axes=lambda model: {

@@ -149,9 +149,7 @@ def _postprocess(
     return result
 
 
-def _check(model: nn.Module) -> None:
-    if not isinstance(model, GeneralizedRCNN):
-        raise ValueError(f"expected a GeneralizedRCNN, got {type(model).__name__}")
+def _requirements(model: GeneralizedRCNN) -> None:
     if model.proposal_generator is None:
         raise ValueError("export needs an RPN: MODEL.PROPOSAL_GENERATOR.NAME is not set")
     if not isinstance(model.roi_heads, StandardROIHeads):
@@ -165,11 +163,12 @@ def _check(model: nn.Module) -> None:
 
 RCNN = Family(
     name="R-CNN",
-    check=_check,
+    model_class=GeneralizedRCNN,
     network=RCNNNetwork,
     output_names=_output_names,
     dynamic_axes=_dynamic_axes,
     settings_type=RCNNSettings,
     settings=_settings,
     postprocess=_postprocess,
+    requirements=_requirements,
 )

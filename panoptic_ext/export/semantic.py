@@ -58,14 +58,9 @@ def _postprocess(
     return {"sem_seg": sem_seg_postprocess(outputs["sem_seg_logits"][0], image_size, *out_size)}
 
 
-def _check(model: nn.Module) -> None:
-    if not isinstance(model, SemanticSegmentor):
-        raise ValueError(f"expected a SemanticSegmentor, got {type(model).__name__}")
-
-
 SEMANTIC = Family(
     name="Semantic FPN",
-    check=_check,
+    model_class=SemanticSegmentor,
     network=SemanticNetwork,
     output_names=lambda model: ("sem_seg_logits",),
     dynamic_axes=lambda model: {"sem_seg_logits": {2: "padded_height", 3: "padded_width"}},

@@ -328,3 +328,18 @@ def test_predictor_checks_the_image_it_is_given(tmp_path):
     predictor = ExportedPredictor(result.path)
     with pytest.raises(ValueError, match="expected an \\(H, W, 3\\) uint8 BGR image"):
         predictor(np.zeros((8, 8), np.uint8))
+
+
+def test_family_check_names_the_class_and_the_config_key():
+    """A model of another meta-architecture, or an R-CNN without an RPN, is refused up front
+    with the expected class or the key; subclasses (PanopticFPN of GeneralizedRCNN) pass."""
+    from panoptic_ext.export.families import family_of
+
+    _, semantic = family_model("semantic_fpn")
+    with pytest.raises(ValueError, match="Panoptic FCN export expects a PanopticFCN, got Seman"):
+        family_of("PanopticFCN").check(semantic)
+    _, panoptic_fpn = family_model("panoptic_fpn")
+    family_of("PanopticFPN").check(panoptic_fpn)
+    panoptic_fpn.proposal_generator = None
+    with pytest.raises(ValueError, match="MODEL.PROPOSAL_GENERATOR.NAME"):
+        family_of("PanopticFPN").check(panoptic_fpn)
