@@ -80,8 +80,14 @@ class Timings:
     """Seconds per repeat of each measured call."""
 
     runs: dict[str, list[float]] = field(default_factory=dict)
+    # Idle time before each call: the other runtime's worker threads spin-wait for a while
+    # after its call returns (OpenMP for PyTorch, ONNX Runtime's pool) and, on a 2-core CPU,
+    # took cycles from the call that followed (ONNX 2.50 s after eager calls, 2.32 s alone).
+    settle_s: float = 0.0
 
     def add(self, name: str, fn: Callable[[], object]) -> object:
+        if self.settle_s:
+            time.sleep(self.settle_s)
         start = time.perf_counter()
         out = fn()
         self.runs.setdefault(name, []).append(time.perf_counter() - start)
@@ -203,7 +209,7 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
     }
     for fn in calls.values():  # warm-up (allocator, oneDNN / ORT kernel selection)
         fn()
-    t = Timings()
+    t = Timings(settle_s=args.settle)
     for _ in range(args.repeats):
         results = {k: t.add(k, fn) for k, fn in calls.items()}
     tolerance = family_of(cfg.MODEL.META_ARCHITECTURE).tolerance  # the export check's
@@ -231,6 +237,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="800x1216", help="HxW of the input image")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of both")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds idle before each timed call, so neither runtime's spinning threads "
+        "overlap the other's call (0: back to back)",
+    )
     parser.add_argument("--image", help="input image (default: a synthetic val image)")
     parser.add_argument("--output-dir", help="where the ONNX files go (default: a temp folder)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (all)")
