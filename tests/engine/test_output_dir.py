@@ -15,6 +15,7 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 from helpers import REPO
 
+from panoptic_ext.engine.distributed import leave_process_group
 from panoptic_ext.engine.output_dir import (
     LOCK_NAME,
     OutputDirError,
@@ -143,6 +144,7 @@ def _claim_worker(folder: str) -> None:
         message = str(e)
     with open(os.path.join(os.path.dirname(folder), f"rank{comm.get_rank()}.txt"), "w") as f:
         f.write(message)
+    leave_process_group()  # as train_net's workers do
 
 
 def test_every_rank_stops_with_rank_zeros_refusal(tmp_path):
