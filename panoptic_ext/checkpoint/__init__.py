@@ -1,5 +1,5 @@
 """Checkpoints: safe loading (no code from pickles), atomic saves with fallback on resume, and the
-report of which keys a detectron2 checkpoint initialises. See the README's "Reliability" section."""
+report of which keys a detectron2 checkpoint initialises. See RELIABILITY.md."""
 
 from .checkpointer import SafeCheckpointer, atomic_write
 from .load_report import LoadReport, load_d2_state_dict, read_d2_checkpoint

@@ -1,4 +1,4 @@
-"""The bad-input matrix (issue 11), end to end through the user-facing entry points:
+"""The bad-input matrix, end to end through the user-facing entry points:
 ``panoptic-ext-train`` (= ``train_net.py``), ``panoptic-ext-demo``,
 ``panoptic-ext-validate-dataset``.
 
@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pytest
 from detectron2.data import MetadataCatalog
+from bad_input_matrix import CFG, TRAIN, digest, train_tiny
 from helpers import REPO, TINY_OPTS, config_path, load_cfg, one_thread, register_tiny
 from PIL import Image
 
@@ -32,49 +33,6 @@ from panoptic_ext.data.json_checks import DatasetJsonError
 from panoptic_ext.engine import Trainer
 from panoptic_ext.engine.output_dir import OutputDirError
 from panoptic_ext.utils.yaml_config import UnsafeConfigError
-
-CFG = config_path("quick_schedules/panoptic_fpn_synthetic.yaml")
-# Tiny training without evaluation: checkpoints after iterations 0 and 1 (+ model_final).
-TRAIN = [str(v) for v in (*TINY_OPTS, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", 2,
-                          "SOLVER.CHECKPOINT_PERIOD", 1, "SOLVER.WARMUP_ITERS", 1)]  # fmt: skip
-
-
-def _train(out: str, *extra: str, options: tuple[str, ...] = ()) -> int:
-    with one_thread():
-        return train.main(["--config-file", CFG, *options, *TRAIN, "OUTPUT_DIR", out, *extra])
-
-
-def _digest(folder: str) -> dict[str, str]:
-    """SHA-1 of every file below ``folder`` (the lock file aside)."""
-    found = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name != ".panoptic_ext.lock":
-                path = os.path.join(root, name)
-                found[os.path.relpath(path, folder)] = hashlib.sha1(
-                    open(path, "rb").read()
-                ).hexdigest()
-    return found
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A finished tiny training: its folder (checkpoints, config.yaml, log.txt, metrics.json)."""
-    register_tiny()
-    out = str(tmp_path_factory.mktemp("bad_inputs") / "run")
-    assert _train(out) == 0
-    assert {"model_0000000.pth", "model_0000001.pth", "model_final.pth", "last_checkpoint",
-            "config.yaml"} <= set(os.listdir(out))  # fmt: skip
-    return out
-
-
-@pytest.fixture
-def run_copy(run, tmp_path):
-    out = str(tmp_path / "run")
-    shutil.copytree(run, out)
-    os.remove(os.path.join(out, ".panoptic_ext.lock"))
-    return out
-
 
 # ------------------------------------------------------------------------------------- configs
 def test_tagged_base_chain_runs_nothing_and_writes_nothing(tmp_path):
@@ -111,10 +69,10 @@ def test_tagged_base_chain_runs_nothing_and_writes_nothing(tmp_path):
     ],  # fmt: skip
 )
 def test_config_values_that_cannot_work(run_copy, opts, message):
-    before = _digest(run_copy)
+    before = digest(run_copy)
     with pytest.raises((ValueError, KeyError), match=message):
-        _train(run_copy, *opts, options=("--resume",))
-    assert _digest(run_copy) == before
+        train_tiny(run_copy, *opts, options=("--resume",))
+    assert digest(run_copy) == before
 
 
 def test_stuff_area_limit_larger_than_every_image_is_named(run, tmp_path, caplog):
@@ -169,7 +127,7 @@ def test_bad_dataset_json_stops_training_naming_file_entry_value(run, tmp_path, 
     entry = f"[('reliability_bad', '{image_root}', '{png_root}', '{path}')]"
     out = str(tmp_path / "out")
     with pytest.raises(DatasetJsonError, match=message) as err:
-        _train(out, "DATASETS.REGISTER_PANOPTIC", entry, "DATASETS.TRAIN", "('reliability_bad',)")
+        train_tiny(out, "DATASETS.REGISTER_PANOPTIC", entry, "DATASETS.TRAIN", "('reliability_bad',)")
     assert str(err.value).startswith(path)
     # The validator reports the same problem.
     assert validate_dataset.main(["--json", path, "--panoptic-root", png_root, "--no-images"]) == 1
@@ -195,14 +153,14 @@ def test_sixteen_bit_training_image_is_named_with_its_format(records, tmp_path):
 
 # -------------------------------------------------------------------------------- OUTPUT_DIR
 def test_second_run_in_a_used_output_dir_is_refused_and_changes_nothing(run_copy):
-    before = _digest(run_copy)
+    before = digest(run_copy)
     with pytest.raises(OutputDirError, match=rf"{run_copy} holds the checkpoints of an earlier "
                        r"run \(last_checkpoint, model_0000000.pth, .*Pass --resume"):  # fmt: skip
-        _train(run_copy)
-    assert _digest(run_copy) == before  # config.yaml and log.txt included
+        train_tiny(run_copy)
+    assert digest(run_copy) == before  # config.yaml and log.txt included
     stale = os.path.join(run_copy, ".model_final.pth.4242.0badf00d.tmp")
     open(stale, "wb").write(b"half a checkpoint")
-    assert _train(run_copy, options=("--overwrite-output",)) == 0
+    assert train_tiny(run_copy, options=("--overwrite-output",)) == 0
     assert not os.path.exists(stale)
     assert open(os.path.join(run_copy, "last_checkpoint")).read() == "model_final.pth"
 
@@ -221,16 +179,16 @@ def test_concurrent_run_is_refused_until_the_first_is_killed(run_copy, tmp_path)
         while not os.path.exists(marker):
             assert child.poll() is None and time.time() < deadline, "the first run did not start"
             time.sleep(0.5)
-        before = _digest(run_copy)
+        before = digest(run_copy)
         with pytest.raises(OutputDirError, match=rf"{run_copy} is in use by another run \(pid "
                            rf"{child.pid} on "):  # fmt: skip
-            _train(run_copy, options=("--resume",))
-        assert _digest(run_copy) == before
+            train_tiny(run_copy, options=("--resume",))
+        assert digest(run_copy) == before
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     # The kill released the lock: the run resumes from the checkpoint the first one left.
-    assert _train(run_copy, "SOLVER.MAX_ITER", "4", options=("--resume",)) == 0
+    assert train_tiny(run_copy, "SOLVER.MAX_ITER", "4", options=("--resume",)) == 0
     assert "Starting training from iteration 3" in open(os.path.join(run_copy, "log.txt")).read()
 
 
@@ -273,24 +231,24 @@ def test_damaged_weights_are_unreadable_not_unsafe(run, tmp_path, kind):
     with pytest.raises(
         UnreadableCheckpointError, match=rf"cannot read {weights}: {WHY[kind]}"
     ) as e:
-        _train(str(tmp_path / "eval"), "MODEL.WEIGHTS", weights, options=("--eval-only",))
+        train_tiny(str(tmp_path / "eval"), "MODEL.WEIGHTS", weights, options=("--eval-only",))
     assert "TRUST_PICKLE" not in str(e.value)
 
 
 @pytest.mark.parametrize("kind", ["html", "bitflip", "tag"])
 def test_resume_falls_back_past_an_unreadable_last_checkpoint(run_copy, kind):
-    earlier = {n: d for n, d in _digest(run_copy).items() if n.startswith("model_00")}
+    earlier = {n: d for n, d in digest(run_copy).items() if n.startswith("model_00")}
     if kind == "tag":
         open(os.path.join(run_copy, "last_checkpoint"), "wb").write(b"\x80\x04\x95binary\xff")
         os.remove(os.path.join(run_copy, "model_final.pth"))  # newest left: model_0000001.pth
     else:
         _damage(os.path.join(run_copy, "model_final.pth"), kind)
         os.utime(os.path.join(run_copy, "model_0000000.pth"), (1, 1))  # model_0000001 is newer
-    assert _train(run_copy, "SOLVER.MAX_ITER", "3", options=("--resume",)) == 0
+    assert train_tiny(run_copy, "SOLVER.MAX_ITER", "3", options=("--resume",)) == 0
     log = open(os.path.join(run_copy, "log.txt")).read()
     assert "Starting training from iteration 2" in log  # model_0000001 = after iteration 1
     assert ("Cannot read the tag" if kind == "tag" else "falling back") in log
-    after = _digest(run_copy)
+    after = digest(run_copy)
     assert all(after[n] == d for n, d in earlier.items())  # earlier checkpoints untouched
 
 
