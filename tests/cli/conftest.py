@@ -8,6 +8,7 @@ import pytest
 from bad_input_matrix import train_tiny
 from helpers import register_tiny
 
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished tiny training: its folder (checkpoints, config.yaml, log.txt, metrics.json)."""

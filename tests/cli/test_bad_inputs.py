@@ -9,7 +9,6 @@ tests/checkpoint/test_damaged_checkpoints.py, tests/data/test_json_checks.py,
 tests/data/test_image_io.py, tests/engine/test_output_dir.py).
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,9 +19,9 @@ import time
 
 import numpy as np
 import pytest
-from detectron2.data import MetadataCatalog
 from bad_input_matrix import CFG, TRAIN, digest, train_tiny
-from helpers import REPO, TINY_OPTS, config_path, load_cfg, one_thread, register_tiny
+from detectron2.data import MetadataCatalog
+from helpers import REPO, TINY_OPTS, config_path, load_cfg, one_thread
 from PIL import Image
 
 from panoptic_ext.checkpoint.safe_load import UnreadableCheckpointError
@@ -33,6 +32,7 @@ from panoptic_ext.data.json_checks import DatasetJsonError
 from panoptic_ext.engine import Trainer
 from panoptic_ext.engine.output_dir import OutputDirError
 from panoptic_ext.utils.yaml_config import UnsafeConfigError
+
 
 # ------------------------------------------------------------------------------------- configs
 def test_tagged_base_chain_runs_nothing_and_writes_nothing(tmp_path):
@@ -127,7 +127,9 @@ def test_bad_dataset_json_stops_training_naming_file_entry_value(run, tmp_path, 
     entry = f"[('reliability_bad', '{image_root}', '{png_root}', '{path}')]"
     out = str(tmp_path / "out")
     with pytest.raises(DatasetJsonError, match=message) as err:
-        train_tiny(out, "DATASETS.REGISTER_PANOPTIC", entry, "DATASETS.TRAIN", "('reliability_bad',)")
+        train_tiny(
+            out, "DATASETS.REGISTER_PANOPTIC", entry, "DATASETS.TRAIN", "('reliability_bad',)"
+        )
     assert str(err.value).startswith(path)
     # The validator reports the same problem.
     assert validate_dataset.main(["--json", path, "--panoptic-root", png_root, "--no-images"]) == 1
