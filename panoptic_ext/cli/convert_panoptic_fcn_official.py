@@ -23,10 +23,10 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from ..checkpoint.safe_load import load_checkpoint_file
 from ..config import build_cfg
 from ..model_zoo import get_config_file
 from ..modeling.panoptic_fcn.official_keys import convert_official_state_dict
+from .official_checkpoint import official_model_state, write_if_complete
 
 DEFAULT_CONFIG = get_config_file("COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
 
@@ -48,21 +48,6 @@ def expected_state_dict(config_file: str, opts: tuple[str, ...]) -> dict[str, to
     return build_model(panoptic_fcn_cpu_config(config_file, opts)).state_dict()
 
 
-def official_model_state(path: str) -> dict[str, torch.Tensor]:
-    """The ``model`` state dict of an official checkpoint file (other entries ignored)."""
-    ckpt = load_checkpoint_file(path)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise SystemExit(f"{path}: no 'model' state dict found (top-level type {type(ckpt)})")
-    ignored = sorted(k for k in ckpt if k != "model") if "model" in ckpt else []
-    if ignored:
-        print(f"ignored top-level entries: {ignored}")
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise SystemExit(f"{path}: entries that are not tensors: {bad[:5]}")
-    return state
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="official checkpoint (.pth)")
@@ -77,17 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     converted, report = convert_official_state_dict(
         official, expected_state_dict(args.config_file, tuple(args.opts))
     )
-    print(f"matched:   {len(report['matched'])} / {len(official)} official entries")
-    for key in ("unmatched", "shape_mismatch", "missing"):
-        print(f"{key + ':':<10} {len(report[key])}")
-        for name in report[key]:
-            print(f"    {name}")
-    if report["unmatched"] or report["shape_mismatch"] or report["missing"]:
-        print(f"NOT writing {args.output}: the checkpoint does not fit {args.config_file}")
-        return 1
-    torch.save({"model": converted, "__author__": "PanopticFCN (official), converted"}, args.output)
-    print(f"wrote {args.output} ({len(converted)} tensors)")
-    return 0
+    return write_if_complete(
+        converted,
+        report,
+        len(official),
+        args.output,
+        args.config_file,
+        "PanopticFCN (official), converted",
+    )
 
 
 if __name__ == "__main__":

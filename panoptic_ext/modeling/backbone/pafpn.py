@@ -41,6 +41,12 @@ def add_pafpn_config(cfg: CfgNode) -> None:
             "BOTTOM_UP": True,
             # Norm of the bottom-up convs ("", "GN", "BN", "SyncBN"); official PANet uses GN.
             "NORM": "",
+            # Bias in the bottom-up convs also when NORM is set. True is the official PANet neck
+            # (conv with bias, then GN): a per-channel bias before GroupNorm is NOT absorbed by it
+            # (GN normalises over channel groups, not per channel as BN does), so dropping it is
+            # a different function and official weights would not fit. False drops it as
+            # detectron2 does for normed convs. Without NORM the convs always have a bias.
+            "CONV_BIAS": True,
             # ReLU after every bottom-up conv, as in the paper (MMDetection's PAFPN has none).
             "ACTIVATION": True,
             # How conv_s2(N_i) and P(i+1) are merged: "sum" (paper) or "avg".
@@ -93,6 +99,7 @@ class PAFPN(FPN):
         fuse_type: str = "sum",
         bottom_up_path: bool = True,
         pa_norm: str = "",
+        pa_conv_bias: bool = True,
         pa_activation: bool = True,
         pa_fuse_type: str = "sum",
         top_levels: str = "P6",
@@ -103,6 +110,8 @@ class PAFPN(FPN):
                 (they configure the top-down path).
             bottom_up_path: add PANet's bottom-up path; False gives exactly detectron2's FPN.
             pa_norm: norm of the bottom-up convs (a ``get_norm`` name, "" for none + bias).
+            pa_conv_bias: keep the bottom-up convs' bias when ``pa_norm`` is set (official
+                PANet; not equivalent to dropping it, since GroupNorm does not absorb it).
             pa_activation: ReLU after each bottom-up conv (paper) or none (MMDetection).
             pa_fuse_type: "sum" or "avg" of ``conv_s2(N_i)`` and ``P(i+1)``.
             top_levels: "", "P6" (max-pool of N5) or "P6P7" (two 3x3 stride-2 convs on N5).
@@ -124,7 +133,7 @@ class PAFPN(FPN):
         self.pa_down_convs = []
         self.pa_out_convs = []
         if bottom_up_path:
-            use_bias = pa_norm == ""
+            use_bias = pa_conv_bias or pa_norm == ""
             activation = F.relu if pa_activation else None
             levels = self._fpn_levels()
             for src, dst in zip(levels[:-1], levels[1:]):
@@ -186,6 +195,7 @@ def build_resnet_pafpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> PAFPN:
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         bottom_up_path=cfg.MODEL.PAFPN.BOTTOM_UP,
         pa_norm=cfg.MODEL.PAFPN.NORM,
+        pa_conv_bias=cfg.MODEL.PAFPN.CONV_BIAS,
         pa_activation=cfg.MODEL.PAFPN.ACTIVATION,
         pa_fuse_type=cfg.MODEL.PAFPN.FUSE_TYPE,
         top_levels=cfg.MODEL.PAFPN.TOP_LEVELS,

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 
 import torch
 
+from ...utils.state_dict_rename import convert_renamed_state_dict
+
 __all__ = [
     "OFFICIAL_CONFIG_KEYS",
     "OFFICIAL_HARD_CODED",
@@ -160,34 +162,6 @@ def ours_to_official(name: str, deform_towers: frozenset[str] = frozenset()) -> 
 def convert_official_state_dict(
     official: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Rename an official state dict and check it against our model's state dict.
-
-    Args:
-        official: the official ``model`` state dict.
-        expected: ``model.state_dict()`` of our model built from the matching config.
-    Returns:
-        the converted state dict and a report with the lists "matched" (official names),
-        "unmatched" (official names no rule maps, or mapped to a name our model lacks),
-        "missing" (our names nothing maps to) and "shape_mismatch" (descriptions).
-    """
-    converted: dict[str, torch.Tensor] = {}
-    report: dict[str, list[str]] = {
-        "matched": [],
-        "unmatched": [],
-        "missing": [],
-        "shape_mismatch": [],
-    }
-    for name, value in official.items():
-        ours = official_to_ours(name)
-        if ours is None or ours not in expected:
-            report["unmatched"].append(name)
-            continue
-        if tuple(value.shape) != tuple(expected[ours].shape):
-            report["shape_mismatch"].append(
-                f"{name} {tuple(value.shape)} -> {ours} {tuple(expected[ours].shape)}"
-            )
-            continue
-        converted[ours] = value
-        report["matched"].append(name)
-    report["missing"] = [k for k in expected if k not in converted]
-    return converted, report
+    """Rename an official state dict and check it against our model's state dict (tensors are
+    copied as they are); the report as :func:`convert_renamed_state_dict` gives it."""
+    return convert_renamed_state_dict(official, expected, official_to_ours)

@@ -47,6 +47,9 @@ def add_panet_config(cfg: CfgNode) -> None:
             "SHARED_FIRST_LAYER": False,
             # Fuse pooled levels before the first layer (Table 4 "fu.fc1fc2": cheaper, -0.6 AP).
             "FUSE_BEFORE_FIRST_LAYER": False,
+            # Norm after each fc of PANetBoxHead ("" or "GN"): official PANet's 2fc box head
+            # (roi_2mlp_head_gn_panet) is fc -> GN -> ReLU for fc1 (per level) and fc2.
+            "BOX_FC_NORM": "",
             # Fully-connected fusion branch in PANetMaskHead.
             "FF": True,
             # 1-based mask conv whose output feeds the FF branch (paper's best: conv3).

@@ -6,6 +6,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
+from ...layers.normed_linear import NormedLinear
 from .per_level_first_layer import PerLevelFirstLayerMixin
 
 __all__ = ["PANetBoxHead", "afp_num_levels"]
@@ -37,6 +38,7 @@ class PANetBoxHead(PerLevelFirstLayerMixin, FastRCNNConvFCHead):
         shared_first_layer: bool = False,
         fuse: str = "max",
         fuse_before_first_layer: bool = False,
+        fc_norm: str = "",
     ):
         """
         Args:
@@ -46,8 +48,11 @@ class PANetBoxHead(PerLevelFirstLayerMixin, FastRCNNConvFCHead):
                 official PANet code).
             fuse: "max" (paper's choice) or "sum".
             fuse_before_first_layer: fuse the pooled levels before the first layer instead.
+            fc_norm: norm after each fc, before its ReLU ("" or "GN"; official 2fc PANet: "GN").
         """
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
+        if fc_norm:
+            self._add_fc_norms(fc_norm)
         names = list(self._modules)
         first = "conv1" if conv_dims else "fc1"
         start = names.index(first)
@@ -60,6 +65,16 @@ class PANetBoxHead(PerLevelFirstLayerMixin, FastRCNNConvFCHead):
             first, num_levels, shared_first_layer, fuse, init, fuse_before_first_layer
         )
 
+    def _add_fc_norms(self, norm: str) -> None:
+        """Replace each ``fc{k}`` by a :class:`NormedLinear` with the same weights, in place
+        (same position in the module order, same parameter names plus ``fc{k}.norm.*``)."""
+        for k in range(1, len(self.fcs) + 1):
+            fc = getattr(self, f"fc{k}")
+            normed = NormedLinear(fc.in_features, fc.out_features, norm, "MODEL.PANET.BOX_FC_NORM")
+            normed.load_state_dict(fc.state_dict(), strict=False)
+            setattr(self, f"fc{k}", normed)  # an existing name keeps its place in _modules
+            self.fcs[k - 1] = normed
+
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
         ret = super().from_config(cfg, input_shape)
@@ -68,6 +83,7 @@ class PANetBoxHead(PerLevelFirstLayerMixin, FastRCNNConvFCHead):
             shared_first_layer=cfg.MODEL.PANET.SHARED_FIRST_LAYER,
             fuse=cfg.MODEL.PANET.FUSE,
             fuse_before_first_layer=cfg.MODEL.PANET.FUSE_BEFORE_FIRST_LAYER,
+            fc_norm=cfg.MODEL.PANET.BOX_FC_NORM,
         )
         return ret
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import build_backbone
 from helpers import load_cfg
 
@@ -98,12 +99,45 @@ def test_pafpn_bottom_up_recursion_on_fpn_outputs():
         assert torch.equal(n["p6"], n["p5"][:, :, ::2, ::2])
 
 
-def test_pafpn_bottom_up_parameter_count_matches_spec():
-    # 3 stride-2 + 3 stride-1 3x3 convs, 256 -> 256: 3,540,480 with bias, 3,542,016 with GN.
-    for norm, expected in (("", 3_540_480), ("GN", 3_542_016)):
-        backbone = _build(_cfg("MODEL.FPN.OUT_CHANNELS", 256, "MODEL.PAFPN.NORM", norm))
-        count = sum(p.numel() for n, p in backbone.named_parameters() if n.startswith("pa_"))
-        assert count == expected, norm
+@pytest.mark.parametrize(
+    "norm, bias, expected",
+    # 3 stride-2 + 3 stride-1 3x3 convs, 256 -> 256: 3,538,944 weights, + 1,536 biases,
+    # + 3,072 GN affine parameters.
+    [
+        ("", True, 3_540_480),
+        ("", False, 3_540_480),
+        ("GN", True, 3_543_552),
+        ("GN", False, 3_542_016),
+    ],
+)
+def test_pafpn_bottom_up_parameter_count_matches_spec(norm, bias, expected):
+    opts = ("MODEL.FPN.OUT_CHANNELS", 256, "MODEL.PAFPN.NORM", norm, "MODEL.PAFPN.CONV_BIAS", bias)
+    backbone = _build(_cfg(*opts))
+    count = sum(p.numel() for n, p in backbone.named_parameters() if n.startswith("pa_"))
+    assert count == expected
+
+
+def test_bottom_up_conv_bias_before_group_norm_is_the_official_function():
+    """Official PANet: relu(GN(conv(x) + b)). The bias is not absorbed by GroupNorm (unlike BN):
+    dropping it changes the output, so CONV_BIAS False is a different model. 64 channels: GN's
+    32 groups then hold 2 channels each (with 1 per group GN would absorb a per-channel bias)."""
+    opts = ("MODEL.FPN.OUT_CHANNELS", 64, "MODEL.PAFPN.NORM", "GN")
+    pafpn = _build(_cfg(*opts, "MODEL.PAFPN.CONV_BIAS", True))
+    down = pafpn.pa_down2
+    with torch.no_grad():
+        down.bias.normal_()
+        down.norm.weight.normal_()
+        down.norm.bias.normal_()
+    x = torch.randn(2, 64, 16, 16)
+    with torch.no_grad():
+        conv = F.conv2d(x, down.weight, down.bias, stride=2, padding=1)
+        expected = F.relu(F.group_norm(conv, 32, down.norm.weight, down.norm.bias, eps=1e-5))
+        torch.testing.assert_close(down(x), expected)
+        without_bias = F.conv2d(x, down.weight, None, stride=2, padding=1)
+        dropped = F.relu(F.group_norm(without_bias, 32, down.norm.weight, down.norm.bias))
+    assert (expected - dropped).abs().max() > 1e-2
+    no_bias = _build(_cfg(*opts, "MODEL.PAFPN.CONV_BIAS", False))
+    assert all(conv.bias is None for conv in no_bias.pa_down_convs + no_bias.pa_out_convs)
 
 
 @pytest.mark.parametrize("key, value", [("TOP_LEVELS", "P7"), ("FUSE_TYPE", "max")])

@@ -106,6 +106,37 @@ def test_box_head_first_layer_per_level_then_fusion(shared, fuse):
     assert head(x[:, :0]).shape == (0, 16)
 
 
+def test_box_head_fc_norm_is_the_official_2fc_head():
+    """roi_2mlp_head_gn_panet: per level relu(GN(fc1_l(x))), max over levels, relu(GN(fc2))."""
+    torch.manual_seed(0)
+    head = PANetBoxHead(
+        ShapeSpec(channels=8, height=7, width=7),
+        conv_dims=[],
+        fc_dims=[64, 64],
+        num_levels=4,
+        fc_norm="GN",
+    )
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_()
+    x = torch.randn(4, 5, 8, 7, 7)
+
+    def gn_fc(fc, t):
+        return F.relu(
+            F.group_norm(F.linear(t, fc.weight, fc.bias), 32, fc.norm.weight, fc.norm.bias)
+        )
+
+    per_level = torch.stack([gn_fc(fc, x[i].flatten(1)) for i, fc in enumerate(head.fc1_levels)])
+    expected = gn_fc(head.fc2, per_level.amax(dim=0))
+    torch.testing.assert_close(head(x), expected)
+    assert {n for n, _ in head.named_parameters() if n.startswith("fc2")} == {
+        "fc2.weight", "fc2.bias", "fc2.norm.weight", "fc2.norm.bias"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="MODEL.PANET.BOX_FC_NORM must be one of"):
+        PANetBoxHead(ShapeSpec(channels=8, height=7, width=7), conv_dims=[], fc_dims=[64],
+                     fc_norm="BN")  # fmt: skip
+
+
 def test_mask_head_ff_adds_one_fg_map_to_every_class():
     torch.manual_seed(0)
     head = PANetMaskHead(
