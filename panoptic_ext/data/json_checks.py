@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -69,13 +70,16 @@ class Problem:
 class DatasetJsonError(ValueError):
     """A COCO-panoptic JSON that cannot be used as it is; ``problems`` lists every error."""
 
+    # What the message says was found (subclasses refine it).
+    heading = "problem(s) in the dataset JSON"
+
     def __init__(self, json_file: str, problems: Sequence[Problem]):
         self.json_file, self.problems = json_file, list(problems)
         shown = "\n".join(f"  {p}" for p in self.problems[:_SHOWN])
         more = len(self.problems) - _SHOWN
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(
-            f"{json_file}: {len(self.problems)} problem(s) in the dataset JSON:\n{shown}{tail}\n"
+            f"{json_file}: {len(self.problems)} {self.heading}:\n{shown}{tail}\n"
             "(panoptic-ext-validate-dataset lists every problem, PNGs and images included)"
         )
 
@@ -271,8 +275,9 @@ def _check_segment(
 
 def _check_geometry(found: _Findings, seg: dict, where: str, sid: Any) -> None:
     area, bbox = seg.get("area"), seg.get("bbox")
-    if "area" in seg and (type(area) not in (int, float) or area < 0):
-        found.add("bad_type", sid, f"{where}: 'area' is {area!r}; need a number >= 0")
+    if "area" in seg and (type(area) not in (int, float) or not math.isfinite(area) or area < 0):
+        msg = f"{where}: 'area' is {area!r}; need a finite number >= 0 (its pixel count)"
+        found.add("bad_area", sid, msg)
     numbers = isinstance(bbox, list) and all(type(v) in (int, float) for v in bbox)
     if "bbox" in seg and not (numbers and len(bbox) == 4):
         found.add("bad_type", sid, f"{where}: 'bbox' is {bbox!r}; need [x, y, width, height]")

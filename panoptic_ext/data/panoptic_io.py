@@ -20,7 +20,58 @@ try:  # libdeflate inflates ~10x faster than zlib, which is most of the time lib
 except ImportError:  # pragma: no cover - optional speed-up, every caller has the cv2 path
     _libdeflate = None
 
-__all__ = ["bgr_to_id32", "decode_png_rows", "index_map", "read_panoptic_png", "read_panoptic_rows"]
+__all__ = [
+    "UnsupportedPanopticPngError",
+    "bgr_to_id32",
+    "decode_png_rows",
+    "index_map",
+    "read_panoptic_png",
+    "read_panoptic_rows",
+]
+
+
+class UnsupportedPanopticPngError(ValueError):
+    """A panoptic label file whose format cannot hold exact 24-bit ids (``reason`` says why)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"panoptic PNG {path}: {reason}")
+
+    def __reduce__(self):  # picklable across data-loader workers
+        return type(self), (self.path, self.reason)
+
+
+# PNG colour types (IHDR byte 9) that carry the 24-bit RGB id exactly: RGB, palette, RGBA.
+_ID_COLOUR_TYPES = {2: "RGB", 3: "palette", 6: "RGBA"}
+_GRAY_COLOUR_TYPES = {0: "gray", 4: "gray + alpha"}
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def _check_png_kind(path: str, data: bytes) -> None:
+    """Refuse label files that OpenCV would decode into wrong ids without a word.
+
+    A JPEG (even named ``.png``) shifts colours, so ids change at every edge; a gray PNG
+    decodes to R = G = B (ids ``v * 65793``); a 16-bit PNG is scaled to 8 bits on decoding.
+    Palette PNGs hold exact colours and are accepted.
+
+    Raises:
+        UnsupportedPanopticPngError: naming the file and its format.
+    """
+    fix = "write the ids as 8-bit RGB PNG (panopticapi's id_to_rgb), not converted"
+    if data[:3] == _JPEG_SIGNATURE:
+        reason = f"is a JPEG file (lossy compression changes the ids at every edge); {fix}"
+        raise UnsupportedPanopticPngError(path, reason)
+    if data[:8] != _PNG_SIGNATURE:
+        return  # another format: decoding reads it exactly or reports it
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return  # truncated: decoding reports it
+    depth, colour = data[24], data[25]
+    if colour in _GRAY_COLOUR_TYPES:
+        reason = f"is a {_GRAY_COLOUR_TYPES[colour]} PNG (ids need 24-bit RGB); {fix}"
+        raise UnsupportedPanopticPngError(path, reason)
+    if colour in _ID_COLOUR_TYPES and depth != 8 and colour != 3:
+        reason = f"is a {depth}-bit {_ID_COLOUR_TYPES[colour]} PNG (decoded to 8 bits); {fix}"
+        raise UnsupportedPanopticPngError(path, reason)
 
 
 def read_panoptic_png(path: str) -> np.ndarray:
@@ -45,12 +96,14 @@ def read_panoptic_rows(path: str) -> tuple[np.ndarray, np.ndarray]:
         row_index: (H,) intp, the row of ``rows`` that each image row equals.
     Raises:
         FileNotFoundError: naming the file when it is missing or cannot be decoded.
+        UnsupportedPanopticPngError: (a ``ValueError``) for a JPEG, gray or 16-bit file.
     """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise FileNotFoundError(f"cannot read panoptic PNG {path}: {e}") from e
+    _check_png_kind(path, data)
     decoded = decode_png_rows(data)
     if decoded is not None:
         rows, row_index = decoded

@@ -4,7 +4,9 @@
 involved, instead of stopping at the first one; ``tools/validate_dataset.py`` prints them and
 exits non-zero on errors. The JSON-level problems are those the loader refuses the dataset for
 (:mod:`panoptic_ext.data.json_checks`, the same code); images are checked as the mapper reads
-them (size after EXIF orientation, pixel format). Problem codes (``Problem.code``):
+them (size after EXIF orientation, pixel format); PNGs with the rules the evaluators and
+training apply (:mod:`panoptic_ext.data.gt_checks`, the same code). Problem codes
+(``Problem.code``):
 
 ========================  =======  ===================================================
 code                      level    meaning
@@ -31,14 +33,18 @@ size_mismatch             error    image (after EXIF orientation) / PNG size dif
                                    from ``images`` height/width
 missing_png               error    panoptic PNG does not exist
 unreadable_png            error    panoptic PNG cannot be decoded
+unsupported_png           error    label file is a JPEG / gray / 16-bit PNG (ids lost)
 duplicate_segment_id      error    ``segments_info`` repeats an id
 void_segment_id           error    a segment has id 0 (void in the PNG encoding)
 unknown_category          error    a segment's ``category_id`` is not in ``categories``
 unlabeled_png_id          error    the PNG holds an id that has no segment
 empty_segment             error    a segment has no pixel in the PNG
 area_mismatch             error    ``area`` differs from the PNG's pixel count
+bad_area                  error    ``area`` NaN, infinite, negative or not a number
 bbox_mismatch             error    ``bbox`` differs from the PNG's extent
 missing_area              warning  a segment has no ``area`` (PQ evaluation needs it)
+void_png                  warning  a PNG with no labelled pixel and no segment
+void_dataset              error    every PNG is void
 multiple_crowd            warning  >1 crowd segment of one category in an image
                                    (panopticapi only uses the last one)
 class_count_mismatch      error    a model config's class count disagrees with the data
@@ -49,20 +55,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from ..structures.boxes import segment_boxes
 from ..utils.meta_arch import DatasetClasses, class_counts_for, mismatched_class_counts
+from .gt_checks import annotation_problems, dataset_level_problems, well_formed_annotation
 from .image_io import SUPPORTED_MODES, oriented_size
 from .json_checks import ERROR, WARNING, Problem, category_problems, panoptic_json_problems
 from .metadata import metadata_from_categories
-from .panoptic_io import index_map, read_panoptic_png
 
 __all__ = [
     "ERROR",
@@ -91,60 +94,6 @@ def _check_image(path: str, height: int | None, width: int | None, image_id: Any
         msg = f"image is {size[0]}x{size[1]} (after EXIF orientation), JSON says {width}x{height}"
         return [Problem(ERROR, "size_mismatch", path, image_id, msg)]
     return []
-
-
-def _check_annotation(ann: dict, png: str, size: tuple[int, int] | None) -> list[Problem]:
-    """Check one annotation against its PNG (``size`` = (height, width) from ``images``).
-
-    Segment ids and categories are checked with the JSON (``json_checks``), with this PNG named.
-    """
-    problems = []
-    segments = ann["segments_info"]
-    seg_ids = [s["id"] for s in segments]
-    duplicated = {sid for sid, n in Counter(seg_ids).items() if n > 1}
-    crowd_cats = Counter()
-    for s in segments:
-        if s.get("iscrowd", 0) == 1:
-            crowd_cats[s.get("category_id")] += 1
-    for cat, n in crowd_cats.items():
-        if n > 1:
-            msg = f"{n} crowd segments of category {cat}; merge them (panopticapi uses the last)"
-            problems.append(Problem(WARNING, "multiple_crowd", png, cat, msg))
-    if not os.path.isfile(png):
-        return problems + [Problem(ERROR, "missing_png", png, ann.get("image_id"), "PNG missing")]
-    try:
-        ids = read_panoptic_png(png)
-    except FileNotFoundError as e:
-        return problems + [Problem(ERROR, "unreadable_png", png, ann.get("image_id"), str(e))]
-    if size is not None and ids.shape != tuple(size):
-        msg = f"PNG is {ids.shape[1]}x{ids.shape[0]}, image is {size[1]}x{size[0]}"
-        problems.append(Problem(ERROR, "size_mismatch", png, ann.get("image_id"), msg))
-    index = index_map(ids, seg_ids, len(seg_ids) + 1)
-    stray = np.unique(ids[index == len(seg_ids) + 1])
-    for sid in stray.tolist():
-        msg = f"{int((ids == sid).sum())} pixels have an id with no segment (RGB {_rgb(sid)})"
-        problems.append(Problem(ERROR, "unlabeled_png_id", png, sid, msg))
-    areas, boxes = segment_boxes(index, len(seg_ids))
-    for i, s in enumerate(segments):
-        sid = seg_ids[i]
-        if sid in duplicated:  # pixels cannot be attributed: already reported
-            continue
-        if areas[i] == 0:
-            problems.append(Problem(ERROR, "empty_segment", png, sid, "no pixel in the PNG"))
-            continue
-        if "area" not in s:
-            problems.append(Problem(WARNING, "missing_area", png, sid, "segment has no 'area'"))
-        elif int(s["area"]) != areas[i]:
-            msg = f"area {s['area']} but the PNG has {areas[i]} pixels"
-            problems.append(Problem(ERROR, "area_mismatch", png, sid, msg))
-        if "bbox" in s and [int(round(v)) for v in s["bbox"]] != boxes[i].tolist():
-            msg = f"bbox {s['bbox']} but the PNG extent is {boxes[i].tolist()}"
-            problems.append(Problem(ERROR, "bbox_mismatch", png, sid, msg))
-    return problems
-
-
-def _rgb(segment_id: int) -> tuple[int, int, int]:
-    return (segment_id % 256, segment_id // 256 % 256, segment_id // 65536)
 
 
 def validate_panoptic_dataset(
@@ -180,7 +129,7 @@ def validate_panoptic_dataset(
     for img in data["images"]:
         if _well_formed_image(img):
             image_by_id.setdefault(img["id"], img)
-    annotations = [a for a in data["annotations"] if _well_formed_annotation(a)]
+    annotations = [a for a in data["annotations"] if well_formed_annotation(a)]
 
     def check(ann: dict) -> list[Problem]:
         img = image_by_id.get(ann["image_id"], {})
@@ -193,7 +142,7 @@ def validate_panoptic_dataset(
                 path = os.path.join(image_root or "", img["file_name"])
             found += _check_image(path, img.get("height"), img.get("width"), img.get("id"))
         png = os.path.join(panoptic_root, ann["file_name"])
-        return found + _check_annotation(ann, png, size)
+        return found + annotation_problems(ann, png, size, boxes=True)
 
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
@@ -202,7 +151,7 @@ def validate_panoptic_dataset(
         per_annotation = [check(a) for a in annotations]
     for found in per_annotation:
         problems += found
-    return problems
+    return problems + dataset_level_problems(panoptic_json, len(annotations), per_annotation)
 
 
 def _well_formed_image(img: Any) -> bool:
@@ -212,24 +161,6 @@ def _well_formed_image(img: Any) -> bool:
         and type(img.get("id")) in (int, str)
         and isinstance(img.get("file_name"), str)
         and all(type(img.get(k)) is int for k in ("height", "width"))
-    )
-
-
-def _well_formed_segment(seg: Any) -> bool:
-    if not isinstance(seg, dict) or type(seg.get("id")) is not int:
-        return False
-    area, bbox = seg.get("area", 0), seg.get("bbox", [0, 0, 0, 0])
-    numbers = isinstance(bbox, list) and len(bbox) == 4
-    return type(area) in (int, float) and numbers and all(type(v) in (int, float) for v in bbox)
-
-
-def _well_formed_annotation(ann: Any) -> bool:
-    if not isinstance(ann, dict) or not isinstance(ann.get("segments_info"), list):
-        return False
-    return (
-        type(ann.get("image_id")) in (int, str)
-        and isinstance(ann.get("file_name"), str)
-        and all(_well_formed_segment(s) for s in ann["segments_info"])
     )
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from ..checkpoint import SafeCheckpointer
 from ..data import PanopticDatasetMapper
 from ..data.train_loader import CheckedMapper, build_resumable_train_loader
+from ..evaluation.ground_truth import check_test_ground_truth
 from ..layers.roi_align_grad import use_sparse_roi_align_grad
 from ..solver import build_lr_scheduler
 from .checks import check_class_counts
@@ -52,6 +53,9 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        # The test sets are evaluated after training at the latest: their ground truth is
+        # refused now rather than after the last iteration.
+        check_test_ground_truth(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)

@@ -10,9 +10,13 @@ sums are kept and gathered across ranks.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -26,9 +30,15 @@ from tabulate import tabulate
 
 from ..data.panoptic_io import read_panoptic_rows
 from .fast_pq import PQCategories, PQStats, image_pq_stats, pq_average
+from .ground_truth import check_dataset_ground_truth
 from .report import ClassQuality, class_quality, format_class_table, write_pq_report
 
-__all__ = ["FastPanopticEvaluator", "build_panoptic_evaluator", "PANOPTIC_EVALUATORS"]
+__all__ = [
+    "CheckedCOCOPanopticEvaluator",
+    "FastPanopticEvaluator",
+    "build_panoptic_evaluator",
+    "PANOPTIC_EVALUATORS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +49,13 @@ class FastPanopticEvaluator(DatasetEvaluator):
     It contains a gather and has to be called from all workers, like detectron2's evaluators.
     """
 
-    def __init__(self, dataset_name: str, output_dir: str | None = None, num_workers: int = 1):
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: str | None = None,
+        num_workers: int = 1,
+        check_gt: bool = True,
+    ):
         """
         Args:
             dataset_name: a registered dataset whose metadata has ``panoptic_json``,
@@ -48,19 +64,24 @@ class FastPanopticEvaluator(DatasetEvaluator):
                 are written to ``<output_dir>/pq_per_class.json``, with PNG plots next to it
                 (:mod:`panoptic_ext.evaluation.report`).
             num_workers: threads that read ground-truth PNGs and match segments; 0 or 1 = inline.
+            check_gt: refuse ground truth whose PNGs disagree with the json, before inference
+                (off: panopticapi's semantics for it, e.g. PNG ids without a segment count as
+                neither void nor segment).
         Raises:
             ValueError: naming the json when category ids repeat, ``isthing`` is missing, or the
                 metadata id maps disagree with the json's ``isthing``.
+            GroundTruthError: (a ``ValueError``) listing the PNGs that disagree with the json
+                (:mod:`panoptic_ext.data.gt_checks`).
         """
         self._metadata = MetadataCatalog.get(dataset_name)
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._num_workers = max(int(num_workers), 0)
         json_file = self._metadata.panoptic_json
-        if not os.path.isfile(json_file):
+        if check_gt:  # refused here, before inference, when the PNGs disagree with the JSON
+            check_dataset_ground_truth(dataset_name, max(self._num_workers, 1))
+        elif not os.path.isfile(json_file):
             DatasetCatalog.get(dataset_name)  # generated datasets write their files on first use
-        if not os.path.isfile(json_file):
-            raise FileNotFoundError(f"{dataset_name}: panoptic_json {json_file} does not exist")
         with open(json_file) as f:
             gt = json.load(f)
         self._categories = PQCategories(gt["categories"], json_file)
@@ -186,8 +207,15 @@ class FastPanopticEvaluator(DatasetEvaluator):
             return OrderedDict()
         if num_images < len(self._gt):
             logger.info(f"PQ on {num_images} of the {len(self._gt)} images of {self._dataset_name}")
-        pq_res = pq_average(total, self._categories)
-        rows = class_quality(total, self._categories, pq_res["per_class"])
+        try:
+            pq_res = pq_average(total, self._categories)
+            rows = class_quality(total, self._categories, pq_res["per_class"])
+        except Exception as e:  # the finished inference is kept: its sums go to disk
+            path = self._save_stats(total, num_images)
+            raise RuntimeError(
+                f"{self._dataset_name}: PQ could not be computed ({type(e).__name__}: {e}); the "
+                f"per-category sums of the {num_images} predictions are kept in {path}"
+            ) from e
         self._log_tables(pq_res, rows)
         if self._output_dir:
             paths = write_pq_report(
@@ -199,6 +227,23 @@ class FastPanopticEvaluator(DatasetEvaluator):
             for metric in ("PQ", "SQ", "RQ"):
                 res[metric + key] = 100 * pq_res[name][metric.lower()]
         return OrderedDict({"panoptic_seg": res})
+
+    def _save_stats(self, total: PQStats, num_images: int) -> str:
+        """Write the accumulated per-category sums (all PQ needs of the predictions) as JSON."""
+        folder = self._output_dir or tempfile.mkdtemp(prefix="pq_stats_")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"pq_stats_{self._dataset_name}.json")
+        cats = self._categories
+        rows = [
+            {"id": int(i), "name": n, "isthing": bool(t), "tp": int(tp), "fp": int(fp),
+             "fn": int(fn), "iou_sum": float(iou)}
+            for i, n, t, tp, fp, fn, iou in zip(
+                cats.ids, cats.names, cats.isthing, total.tp, total.fp, total.fn, total.iou
+            )
+        ]  # fmt: skip
+        with open(path, "w") as f:
+            json.dump({"dataset": self._dataset_name, "images": num_images, "categories": rows}, f)
+        return path
 
     def _log_tables(self, pq_res: dict[str, Any], classes: list[ClassQuality]) -> None:
         rows = [
@@ -231,10 +276,78 @@ def _compact_copy(ids: np.ndarray) -> np.ndarray:
     return ids.copy()
 
 
+class CheckedCOCOPanopticEvaluator(COCOPanopticEvaluator):
+    """detectron2's panopticapi evaluator, with the ground truth checked before inference and
+    the predictions kept when ``pq_compute`` fails.
+
+    detectron2 writes the prediction PNGs to a temporary folder that is deleted whatever
+    happens; here they go to ``<output_dir>/panoptic_predictions`` (a kept temporary folder
+    without ``output_dir``), which is removed only after the metrics are computed.
+    """
+
+    def __init__(self, dataset_name: str, output_dir: str | None = None, num_workers: int = 1):
+        check_dataset_ground_truth(dataset_name, max(int(num_workers), 1))
+        super().__init__(dataset_name, output_dir)
+        self._dataset_name = dataset_name
+
+    def evaluate(self) -> OrderedDict | None:
+        gathered = comm.gather(self._predictions, dst=0)
+        if not comm.is_main_process():
+            return None
+        predictions = [p for part in gathered for p in part]
+        if self._output_dir:
+            pred_dir = os.path.join(self._output_dir, "panoptic_predictions")
+            os.makedirs(pred_dir, exist_ok=True)
+        else:
+            pred_dir = tempfile.mkdtemp(prefix="panoptic_predictions_")
+        annotations = []
+        for p in predictions:
+            with open(os.path.join(pred_dir, p["file_name"]), "wb") as f:
+                f.write(p["png_string"])
+            annotations.append({k: v for k, v in p.items() if k != "png_string"})
+        with open(self._metadata.panoptic_json) as f:
+            json_data = json.load(f)
+        json_data["annotations"] = annotations
+        predictions_json = os.path.join(self._output_dir or pred_dir, "predictions.json")
+        with open(predictions_json, "w") as f:
+            json.dump(json_data, f)
+        from panopticapi.evaluation import pq_compute
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                pq_res = pq_compute(
+                    self._metadata.panoptic_json,
+                    predictions_json,
+                    gt_folder=self._metadata.panoptic_root,
+                    pred_folder=pred_dir,
+                )
+        except Exception as e:
+            raise RuntimeError(
+                f"{self._dataset_name}: panopticapi's pq_compute failed ({type(e).__name__}: "
+                f"{e}); the {len(annotations)} predictions are kept: {predictions_json} and the "
+                f"PNGs in {pred_dir}"
+            ) from e
+        shutil.rmtree(pred_dir, ignore_errors=True)
+        logger.info("Panoptic Evaluation Results (panopticapi): %s", _summary(pq_res))
+        res = {}
+        for key, name in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
+            for metric in ("PQ", "SQ", "RQ"):
+                res[metric + key] = 100 * pq_res[name][metric.lower()]
+        return OrderedDict({"panoptic_seg": res})
+
+
+def _summary(pq_res: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} PQ {100 * pq_res[name]['pq']:.3f}" for name in ("All", "Things", "Stuff")
+    )
+
+
 # TEST.PANOPTIC_EVALUATOR -> factory(cfg, dataset_name, output_dir).
 PANOPTIC_EVALUATORS = {
     "fast": lambda cfg, name, out: FastPanopticEvaluator(name, out, cfg.TEST.PQ_WORKERS),
-    "panopticapi": lambda cfg, name, out: COCOPanopticEvaluator(name, out),
+    "panopticapi": lambda cfg, name, out: CheckedCOCOPanopticEvaluator(
+        name, out, cfg.TEST.PQ_WORKERS
+    ),
 }
 
 

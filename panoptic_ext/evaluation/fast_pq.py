@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..data.gt_checks import check_ground_truth
 from ..data.panoptic_io import index_map, read_panoptic_png, read_panoptic_rows
 from ..data.validation import category_problems
 
@@ -393,19 +394,26 @@ def pq_compute_fast(
     gt_folder: str | None = None,
     pred_folder: str | None = None,
     workers: int = 1,
+    check_gt: bool = True,
 ) -> dict[str, Any]:
     """File-based replacement of panopticapi's ``pq_compute`` (same arguments, same result).
 
     Args:
         workers: number of threads reading PNGs (image decoding and numpy release the GIL).
+        check_gt: refuse ground truth whose PNGs disagree with the json (off: panopticapi's
+            semantics, e.g. PNG ids without a segment count as neither void nor segment).
     Raises:
         ValueError: when an image of the ground truth has no prediction, or on bad categories.
+        GroundTruthError: (a ``ValueError``) when the ground-truth PNGs disagree with the json
+            (:func:`~panoptic_ext.data.gt_checks.check_ground_truth`).
     """
+    gt_folder = gt_folder or gt_json_file.replace(".json", "")
+    if check_gt:
+        check_ground_truth(gt_json_file, gt_folder, workers)
     with open(gt_json_file) as f:
         gt_json = json.load(f)
     with open(pred_json_file) as f:
         pred_json = json.load(f)
-    gt_folder = gt_folder or gt_json_file.replace(".json", "")
     pred_folder = pred_folder or pred_json_file.replace(".json", "")
     categories = PQCategories(gt_json["categories"], gt_json_file)
     preds = {a["image_id"]: a for a in pred_json["annotations"]}

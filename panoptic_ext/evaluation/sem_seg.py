@@ -36,6 +36,7 @@ from PIL import Image
 from ..data.panoptic_io import index_map, read_panoptic_rows
 from ..data.panoptic_targets import segment_labels, semantic_lookup
 from ..structures.sem_seg_format import SemSegFormat
+from .ground_truth import check_dataset_ground_truth
 
 __all__ = [
     "SEM_SEG_EVALUATORS",
@@ -167,6 +168,7 @@ class PanopticSemSegEvaluator(FastSemSegEvaluator):
         # set here instead, from the panoptic metadata.
         if sem_seg_format not in (SemSegFormat.THINGS_AS_ONE, SemSegFormat.ALL_CLASSES):
             raise ValueError(f"no semantic labels for INPUT.SEM_SEG_FORMAT={sem_seg_format!r}")
+        check_dataset_ground_truth(dataset_name)  # before inference; cached per file state
         meta = MetadataCatalog.get(dataset_name)
         self._logger = logging.getLogger(__name__)
         self._dataset_name, self._distributed, self._output_dir = (

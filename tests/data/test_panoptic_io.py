@@ -10,6 +10,7 @@ from PIL import Image
 
 from panoptic_ext.data import panoptic_io
 from panoptic_ext.data.panoptic_io import (
+    UnsupportedPanopticPngError,
     bgr_to_id32,
     decode_png_rows,
     read_panoptic_png,
@@ -101,3 +102,20 @@ def test_stored_zlib_stream_round_trips():
     for n in (0, 1, 65535, 65536, 200_001):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         assert zlib.decompress(panoptic_io._stored_zlib(data)) == data
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda ids, p: cv2.imwrite(p, id_to_rgb(ids).astype(np.uint16) * 257), "16-bit RGB PNG"),
+        (lambda ids, p: Image.fromarray(id_to_rgb(ids)).convert("LA").save(p), "gray \\+ alpha"),
+        (lambda ids, p: Image.fromarray(id_to_rgb(ids)).save(p, format="JPEG"), "JPEG file"),
+    ],
+    ids=["16bit", "gray_alpha", "jpeg_named_png"],
+)
+def test_label_files_that_lost_the_ids_are_refused(tmp_path, write, message):
+    ids = _label_map(np.random.default_rng(4), 16, 16)
+    path = str(tmp_path / "lossy.png")
+    write(ids, path)
+    with pytest.raises(UnsupportedPanopticPngError, match=f"lossy.png: is a {message}"):
+        read_panoptic_rows(path)

@@ -18,6 +18,8 @@ from panopticapi.evaluation import pq_compute
 from PIL import Image
 
 from panoptic_ext import add_panoptic_ext_config
+from panoptic_ext.data.datasets import register_panoptic_dataset
+from panoptic_ext.data.gt_checks import GroundTruthError
 from panoptic_ext.evaluation import (
     FastPanopticEvaluator,
     PQCategories,
@@ -39,10 +41,18 @@ def bench(tmp_path_factory):
     """24 random images (48x64) with crowd, void, missed/spurious/relabelled predictions."""
     root = str(tmp_path_factory.mktemp("pq"))
     pairs = make_benchmark_dataset(root, "test_fast_pq_bench", 24, 48, 64, seed=3)
-    # A ground-truth PNG id without a segments_info entry (panopticapi tolerates it).
+    # A ground-truth PNG id without a segments_info entry (panopticapi tolerates it; the tests
+    # compare with check_gt=False).
     gt_json = os.path.join(root, "panoptic_bench.json")
     with open(gt_json) as f:
         data = json.load(f)
+    clean_json = os.path.join(root, "panoptic_bench_clean.json")
+    with open(clean_json, "w") as f:
+        json.dump(data, f)
+    meta = MetadataCatalog.get("test_fast_pq_bench")
+    register_panoptic_dataset(
+        "test_fast_pq_bench_clean", meta.image_root, meta.panoptic_root, clean_json
+    )
     dropped = data["annotations"][0]["segments_info"].pop()
     with open(gt_json, "w") as f:
         json.dump(data, f)
@@ -79,7 +89,10 @@ def test_files_match_pq_compute_per_class(bench):
     )
     with contextlib.redirect_stdout(io.StringIO()):
         ref = pq_compute(gt_json, pred_json, gt_folder=gt_dir, pred_folder=pred_dir)
-    ours = pq_compute_fast(gt_json, pred_json, gt_dir, pred_dir, workers=2)
+    # The planted PNG id without a segment is refused by default, named with its pixel count.
+    with pytest.raises(GroundTruthError, match=r"\[unlabeled_png_id\].*bench_000000.png.*pixels"):
+        pq_compute_fast(gt_json, pred_json, gt_dir, pred_dir, workers=2)
+    ours = pq_compute_fast(gt_json, pred_json, gt_dir, pred_dir, workers=2, check_gt=False)
     for split in ("All", "Things", "Stuff"):
         assert ours[split]["n"] == ref[split]["n"]
         for m in METRICS:
@@ -97,7 +110,9 @@ def test_files_match_pq_compute_per_class(bench):
 def test_evaluator_is_drop_in_for_coco_panoptic_evaluator(bench, workers, caplog):
     _, pairs = bench
     ref, _ = run_evaluator(COCOPanopticEvaluator("test_fast_pq_bench"), pairs)
-    evaluator = FastPanopticEvaluator("test_fast_pq_bench", num_workers=workers)
+    with pytest.raises(GroundTruthError, match=r"\[unlabeled_png_id\]"):
+        FastPanopticEvaluator("test_fast_pq_bench", num_workers=workers)
+    evaluator = FastPanopticEvaluator("test_fast_pq_bench", num_workers=workers, check_gt=False)
     with caplog.at_level(logging.INFO, logger="panoptic_ext.evaluation.evaluator"):
         ours, _ = run_evaluator(evaluator, pairs)
     assert list(ours["panoptic_seg"]) == list(ref["panoptic_seg"])
@@ -122,7 +137,7 @@ def test_label_divisor_predictions_match(bench):
                 pan[ids == s["id"]] = s["category_id"] * divisor + s["id"]
         converted.append((inp, {"panoptic_seg": (pan, None)}))
     ref, _ = run_evaluator(COCOPanopticEvaluator("test_fast_pq_bench"), converted)
-    ours, _ = run_evaluator(FastPanopticEvaluator("test_fast_pq_bench"), converted)
+    ours, _ = run_evaluator(FastPanopticEvaluator("test_fast_pq_bench", check_gt=False), converted)
     for key, value in ref["panoptic_seg"].items():
         assert abs(ours["panoptic_seg"][key] - value) < 1e-7, key
 
@@ -224,10 +239,16 @@ def test_config_selects_evaluator(bench):
     add_panoptic_ext_config(cfg)
     assert cfg.TEST.PANOPTIC_EVALUATOR == "fast"
     cfg.TEST.PQ_WORKERS = 3
-    evaluator = build_panoptic_evaluator(cfg, "test_fast_pq_bench")
+    evaluator = build_panoptic_evaluator(cfg, "test_fast_pq_bench_clean")
     assert isinstance(evaluator, FastPanopticEvaluator) and evaluator._num_workers == 3
     cfg.TEST.PANOPTIC_EVALUATOR = "panopticapi"
-    assert type(build_panoptic_evaluator(cfg, "test_fast_pq_bench")) is COCOPanopticEvaluator
+    evaluator = build_panoptic_evaluator(cfg, "test_fast_pq_bench_clean")
+    assert isinstance(evaluator, COCOPanopticEvaluator)
+    # Both implementations refuse the ground truth with the planted PNG id when built.
+    for kind in ("fast", "panopticapi"):
+        cfg.TEST.PANOPTIC_EVALUATOR = kind
+        with pytest.raises(GroundTruthError, match=r"\[unlabeled_png_id\].*917 pixels"):
+            build_panoptic_evaluator(cfg, "test_fast_pq_bench")
     cfg.TEST.PANOPTIC_EVALUATOR = "slow"
     with pytest.raises(ValueError, match="TEST.PANOPTIC_EVALUATOR='slow'"):
         build_panoptic_evaluator(cfg, "test_fast_pq_bench")
@@ -238,6 +259,6 @@ def test_prediction_class_outside_metadata_is_named(bench):
     inp, out = pairs[0]
     ids, segments = out["panoptic_seg"]
     bad = [dict(segments[0], category_id=17, isthing=True)] + [dict(s) for s in segments[1:]]
-    evaluator = FastPanopticEvaluator("test_fast_pq_bench")
+    evaluator = FastPanopticEvaluator("test_fast_pq_bench", check_gt=False)
     with pytest.raises(ValueError, match="predicted thing class 17 is outside"):
         evaluator.process([inp], [{"panoptic_seg": (ids, bad)}])

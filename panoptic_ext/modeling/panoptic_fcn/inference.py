@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "bool_as_uint8",
     "InferenceSettings",
     "LowResPredictions",
     "thing_candidates",
@@ -22,6 +23,17 @@ __all__ = [
     "rescore_things",
     "lowres_predictions",
 ]
+
+
+def bool_as_uint8(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (bool) as uint8 without a copy where possible.
+
+    Reductions over uint8 are much faster than over bool, and a dtype view costs nothing. The
+    JIT tracer (``torch.jit.trace``, fvcore's / detectron2's ``FlopCountAnalysis``, export) has
+    no dtype view, so a traced graph gets a cast instead. Every bool -> uint8 view of the model
+    goes through here.
+    """
+    return mask.to(torch.uint8) if torch.jit.is_tracing() else mask.view(torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -203,9 +215,7 @@ def rescore_things(
         with n' = min(n, top_num).
     """
     m = probs > mask_thres
-    # A uint8 view counts 2x faster than an int64 count; tracing has no dtype view (a cast).
-    u8 = m.to(torch.uint8) if torch.jit.is_tracing() else m.view(torch.uint8)
-    count = u8.sum(-1, dtype=torch.int32)
+    count = bool_as_uint8(m).sum(-1, dtype=torch.int32)  # 2x faster than an int64 count
     maskness = torch.where(m, probs, 0.0).sum(-1) / (count + 1e-6)
     s = torch.where(keep, scores * maskness, torch.full_like(scores, -1.0))
     s, order = s.sort(dim=1, descending=True)

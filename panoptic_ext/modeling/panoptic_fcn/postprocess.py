@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
 
-from .inference import InferenceSettings, LowResPredictions
+from .inference import InferenceSettings, LowResPredictions, bool_as_uint8
 
 __all__ = [
     "MaskCrops",
@@ -109,7 +109,7 @@ class MaskCrops:
 
 def _tight_box(mask: torch.Tensor, y0: int, x0: int) -> tuple[tuple, int]:
     """(box, area) of a bool ``mask`` (2-D, possibly a view) whose top-left pixel is (y0, x0)."""
-    u8 = mask.view(torch.uint8)  # amax over uint8 is ~30x faster than any() over bool
+    u8 = bool_as_uint8(mask)  # amax over uint8 is ~30x faster than any() over bool
     rows = torch.nonzero(u8.amax(1)).flatten()
     if len(rows) == 0:
         return (0, 0, 0, 0), 0
