@@ -23,10 +23,12 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
+from ..checkpoint.checkpointer import atomic_write
 from ..checkpoint.safe_load import load_checkpoint_file
 from ..config import build_cfg
 from ..model_zoo import get_config_file
 from ..modeling.panoptic_fcn.official_keys import convert_official_state_dict
+from ..utils.paths import refuse_outputs_over_inputs
 
 DEFAULT_CONFIG = get_config_file("COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
 
@@ -72,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     # (REMAINDER would swallow it as an override).
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = parser.parse_intermixed_args(argv)
+    refuse_outputs_over_inputs(
+        {"checkpoint (1st argument)": args.input, "--config-file": args.config_file},
+        {"output (2nd argument)": args.output},
+    )
 
     official = official_model_state(args.input)
     converted, report = convert_official_state_dict(
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if report["unmatched"] or report["shape_mismatch"] or report["missing"]:
         print(f"NOT writing {args.output}: the checkpoint does not fit {args.config_file}")
         return 1
-    torch.save({"model": converted, "__author__": "PanopticFCN (official), converted"}, args.output)
+    ckpt = {"model": converted, "__author__": "PanopticFCN (official), converted"}
+    atomic_write(args.output, lambda f: torch.save(ckpt, f))
     print(f"wrote {args.output} ({len(converted)} tensors)")
     return 0
 
