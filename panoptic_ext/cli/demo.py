@@ -390,17 +390,17 @@ def _probe_folder(folder: str, option: str) -> None:
         raise OutputWriteError(f"{option} {folder}", e) from e
 
 
-def _planned_outputs(args: argparse.Namespace, inputs: list[DemoInput]) -> list[str]:
-    """Every file the run will write: overlays, COCO-panoptic PNGs, predictions.json."""
-    planned = []
+def _planned_outputs(args: argparse.Namespace, inputs: list[DemoInput]) -> dict[str, list[str]]:
+    """Every file the run will write, by option: overlays, COCO-panoptic PNGs + predictions."""
+    planned: dict[str, list[str]] = {"--output": [], "--panoptic-out": []}
     if args.output:
         if args.video_input or _single_image_output(args, inputs):
-            planned.append(args.output)
+            planned["--output"].append(args.output)
         else:
-            planned += [os.path.join(args.output, i.name + ".png") for i in inputs]
+            planned["--output"] += [os.path.join(args.output, i.name + ".png") for i in inputs]
     if args.panoptic_out:
-        planned += [os.path.join(args.panoptic_out, i.name + ".png") for i in inputs]
-        planned.append(os.path.join(args.panoptic_out, "predictions.json"))
+        pngs = [os.path.join(args.panoptic_out, i.name + ".png") for i in inputs]
+        planned["--panoptic-out"] += [*pngs, os.path.join(args.panoptic_out, "predictions.json")]
     return planned
 
 
@@ -408,7 +408,7 @@ def check_output_paths(args: argparse.Namespace, inputs: list[DemoInput]) -> Non
     """Where the demo writes, checked before the model is built: no output over an input, a
     video extension OpenCV can write, folders that can be created and written."""
     sources = {"--input": [i.path for i in inputs], "--video-input": args.video_input}
-    refuse_outputs_over_inputs(sources, {"--output": _planned_outputs(args, inputs)})
+    refuse_outputs_over_inputs(sources, _planned_outputs(args, inputs))
     if args.video_input and args.output:
         if os.path.splitext(args.output)[1].lower() not in VIDEO_EXTENSIONS:
             raise ValueError(
