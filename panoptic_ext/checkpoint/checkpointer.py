@@ -11,6 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 
+from ..utils.write_errors import call_writer, reporting_write_errors
 from .safe_load import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint_file
 
 __all__ = ["SafeCheckpointer", "atomic_write", "is_local_path"]
@@ -45,7 +46,8 @@ def atomic_write(path: str, write_fn, mode: str = "wb", path_manager=None) -> No
     Local paths: ``write_fn(f)`` writes into a temporary file in the same directory, created
     with mode 0666 minus the umask (the permissions ``open()`` would give), which is flushed,
     fsync'ed and renamed over ``path``; the directory is fsync'ed so the rename survives a crash.
-    On any error the temporary file is removed and ``path`` is untouched.
+    On any error the temporary file is removed and ``path`` is untouched; a failed write (disk
+    full, quota, read-only, permission) raises ``OutputWriteError`` naming ``path``.
     Other schemes (an iopath handler registered for ``OUTPUT_DIR``): written through
     ``path_manager`` (detectron2's ``PathManager`` by default), with that storage's semantics.
     """
@@ -59,13 +61,15 @@ def atomic_write(path: str, write_fn, mode: str = "wb", path_manager=None) -> No
     tmp = os.path.join(
         directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with reporting_write_errors(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
+        # Also closing the file can fail (the rest of its buffer), after a failed write too.
+        with reporting_write_errors(path), os.fdopen(fd, mode) as f:
+            call_writer(path, write_fn, f)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with reporting_write_errors(path):
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

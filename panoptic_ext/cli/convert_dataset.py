@@ -18,7 +18,8 @@ COCO panoptic -> detectron2 "separated" (instances JSON + things-as-one semantic
         --panoptic-root panoptic_val2017 --out-semantic-root panoptic_stuff_val2017 \\
         --out-instances-json instances_from_panoptic_val2017.json
 
-The semantic PNGs map things to 0, stuff to 1..S in category order, void to 255 (what
+An output path that is one of the inputs (the same file or folder) is refused before anything
+is written. The semantic PNGs map things to 0, stuff to 1..S in category order, void to 255 (what
 ``register_coco_panoptic_separated`` and ``INPUT.SEM_SEG_FORMAT things_as_one`` expect).
 """
 
@@ -32,6 +33,7 @@ from ..data.converters import (
     instances_semantic_to_panoptic,
     panoptic_to_separated,
 )
+from ..utils.paths import refuse_outputs_over_inputs
 
 
 def parse_args(argv=None):
@@ -56,8 +58,27 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+# Each subcommand's path options: (inputs, outputs), as typed on the command line.
+_PATH_OPTIONS = {
+    "to-panoptic": (
+        ("--instances-json", "--semantic-root", "--stuff-categories"),
+        ("--out-json", "--out-png-root"),
+    ),
+    "to-separated": (
+        ("--panoptic-json", "--panoptic-root"),
+        ("--out-instances-json", "--out-semantic-root"),
+    ),
+}
+
+
+def _paths(args: argparse.Namespace, options: tuple[str, ...]) -> dict[str, str]:
+    return {option: getattr(args, option[2:].replace("-", "_")) for option in options}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    inputs, outputs = _PATH_OPTIONS[args.command]
+    refuse_outputs_over_inputs(_paths(args, inputs), _paths(args, outputs))
     if args.command == "to-panoptic":
         with open(args.stuff_categories) as f:
             stuff = json.load(f)

@@ -26,6 +26,7 @@ from ..modeling.roi_heads.panet_official_keys import (
     is_official_panet_state_dict,
     official_panet_variant,
 )
+from ..utils.paths import refuse_outputs_over_inputs
 from .official_checkpoint import official_model_state, write_if_complete
 
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = parser.parse_intermixed_args(argv)
+    refuse_outputs_over_inputs(
+        {"checkpoint (1st argument)": args.input, "--config-file": args.config_file or None},
+        {"output (2nd argument)": args.output},
+    )
 
     official = official_model_state(args.input)
     if not is_official_panet_state_dict(official):

@@ -26,6 +26,7 @@ from detectron2.modeling import build_model
 from ..config import build_cfg
 from ..model_zoo import get_config_file
 from ..modeling.panoptic_fcn.official_keys import convert_official_state_dict
+from ..utils.paths import refuse_outputs_over_inputs
 from .official_checkpoint import official_model_state, write_if_complete
 
 DEFAULT_CONFIG = get_config_file("COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     # (REMAINDER would swallow it as an override).
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = parser.parse_intermixed_args(argv)
+    refuse_outputs_over_inputs(
+        {"checkpoint (1st argument)": args.input, "--config-file": args.config_file},
+        {"output (2nd argument)": args.output},
+    )
 
     official = official_model_state(args.input)
     converted, report = convert_official_state_dict(

@@ -17,24 +17,35 @@ set). Before running, the colour order of ``MODEL.PIXEL_MEAN`` is checked agains
 ``INPUT.FORMAT``. With ``--onnx FILE`` (a ``panoptic-ext-export`` output, ``.onnx`` or ``.ts``)
 the exported model runs instead (ONNX Runtime / TorchScript, no weights or config needed: the
 file carries its preprocessing, post-processing settings and test-set name).
+
+Output paths are checked before the model is built (no output over an input, writable folders,
+a video extension for ``--video-input``); an image that fails is skipped with the reason, a
+failed write stops the run naming the file; overlays are drawn at most ``OVERLAY_MAX_SIDE``
+pixels wide and high; SIGTERM still writes ``predictions.json`` (see RELIABILITY.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
@@ -48,13 +59,24 @@ from ..export import ExportedPredictor
 from ..structures.boxes import segment_boxes
 from ..structures.panoptic_ids import id_to_rgb
 from ..utils.meta_arch import META_ARCHITECTURES, ModelOutput
-from .demo_inputs import IMAGE_EXTENSIONS, DemoInput, DemoResults, expand_inputs, plan_inputs
+from ..utils.paths import refuse_outputs_over_inputs
+from ..utils.write_errors import OutputWriteError, reporting_write_errors, write_bytes
+from .demo_inputs import (
+    IMAGE_EXTENSIONS,
+    DemoInput,
+    DemoResults,
+    expand_inputs,
+    not_a_regular_file,
+    plan_inputs,
+)
 
 __all__ = [
     "DemoPredictor",
     "ExportedDemoPredictor",
     "build_predictor",
+    "check_output_paths",
     "expand_inputs",
+    "fit_for_drawing",
     "main",
     "panoptic_record",
     "plan_inputs",
@@ -65,6 +87,12 @@ logger = logging.getLogger("panoptic_ext.demo")
 
 # An image that cannot be read is skipped (named in the log), the others still run.
 _UNREADABLE = (UnreadableImageError, UnsupportedImageError)
+# Overlays are drawn with their longest side at most this many pixels: detectron2's Visualizer
+# (matplotlib) took 10 GB for an 8000x8000 image. Predictions and COCO-panoptic PNGs keep the
+# input's size.
+OVERLAY_MAX_SIDE = 2048
+# --output of --video-input: containers OpenCV writes with the "mp4v" codec.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi")
 # ImageNet means differ by ~20 between the R and B channels; a smaller gap says nothing.
 _MEAN_ORDER_MARGIN = 5.0
 
@@ -216,8 +244,49 @@ def build_predictor(
     return DemoPredictor(cfg), metadata, cfg.MODEL.META_ARCHITECTURE
 
 
+def _resize_nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) labels or masks resized to ``size`` by nearest neighbour, dtype kept."""
+    lead = labels.shape[:-2]
+    flat = labels.reshape(1, -1, *labels.shape[-2:]).float()
+    resized = F.interpolate(flat, size=size, mode="nearest")
+    return resized.reshape(*lead, *size).to(labels.dtype)
+
+
+def fit_for_drawing(
+    rgb: np.ndarray, outputs: dict[str, Any], max_side: int = OVERLAY_MAX_SIDE
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``rgb`` and ``outputs`` scaled so that the longest side is at most ``max_side`` (image:
+    area interpolation; labels and masks: nearest; boxes scaled); unchanged if they fit."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb, outputs
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA)
+    drawn: dict[str, Any] = {}
+    if "panoptic_seg" in outputs:
+        ids, segments = outputs["panoptic_seg"]
+        drawn["panoptic_seg"] = (_resize_nearest(ids.to("cpu"), size), segments)
+    elif "instances" in outputs:
+        instances = outputs["instances"].to("cpu")
+        fitted = Instances(size)
+        for name, value in instances.get_fields().items():
+            if name == "pred_boxes":
+                value = value.clone()
+                value.scale(size[1] / w, size[0] / h)
+            elif name == "pred_masks":
+                value = _resize_nearest(value, size)
+            fitted.set(name, value)
+        drawn["instances"] = fitted
+    else:
+        drawn["sem_seg"] = _resize_nearest(outputs["sem_seg"].to("cpu"), size)
+    return small, drawn
+
+
 def visualize(rgb: np.ndarray, outputs: dict[str, Any], metadata: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB overlay: panoptic if predicted, else instances, else semantic."""
+    """RGB uint8 overlay: panoptic if predicted, else instances, else semantic; drawn at most
+    :data:`OVERLAY_MAX_SIDE` pixels wide and high (see :func:`fit_for_drawing`)."""
+    rgb, outputs = fit_for_drawing(rgb, outputs)
     vis = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
     if "panoptic_seg" in outputs:
         ids, segments = outputs["panoptic_seg"]
@@ -261,17 +330,25 @@ def panoptic_record(
 
 
 def _video_frames(path: str) -> Iterator[np.ndarray]:
+    """The frames of a video; fewer than its header announces is a warning naming both counts
+    (a truncated or damaged file ends early without an error from OpenCV)."""
     video = cv2.VideoCapture(path)
     if not video.isOpened():
         raise FileNotFoundError(f"cannot open video {path}")
+    expected, read = int(video.get(cv2.CAP_PROP_FRAME_COUNT)), 0
     try:
         while True:
             ok, frame = video.read()
             if not ok:
-                return
+                break
+            read += 1
             yield frame
     finally:
         video.release()
+    if 0 < read < expected:
+        logger.warning(
+            f"{path}: read {read} of {expected} frames; the file may be truncated or damaged"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -294,6 +371,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _single_image_output(args: argparse.Namespace, inputs: list[DemoInput]) -> bool:
+    """``--output`` names the overlay file itself (one input image, an image extension)."""
+    ext = os.path.splitext(args.output or "")[1].lower()
+    return len(inputs) == 1 and ext in IMAGE_EXTENSIONS
+
+
+def _probe_folder(folder: str, option: str) -> None:
+    """Create ``folder`` and write a file there, so that a read-only, full or forbidden output
+    stops the run before the model is built (naming the option and the folder)."""
+    try:
+        with reporting_write_errors(folder):
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder) as f:
+                f.write(b"probe")
+                f.flush()
+    except OutputWriteError as e:
+        raise OutputWriteError(f"{option} {folder}", e) from e
+
+
+def _planned_outputs(args: argparse.Namespace, inputs: list[DemoInput]) -> dict[str, list[str]]:
+    """Every file the run will write, by option: overlays, COCO-panoptic PNGs + predictions."""
+    planned: dict[str, list[str]] = {"--output": [], "--panoptic-out": []}
+    if args.output:
+        if args.video_input or _single_image_output(args, inputs):
+            planned["--output"].append(args.output)
+        else:
+            planned["--output"] += [os.path.join(args.output, i.name + ".png") for i in inputs]
+    if args.panoptic_out:
+        pngs = [os.path.join(args.panoptic_out, i.name + ".png") for i in inputs]
+        planned["--panoptic-out"] += [*pngs, os.path.join(args.panoptic_out, "predictions.json")]
+    return planned
+
+
+def check_output_paths(args: argparse.Namespace, inputs: list[DemoInput]) -> None:
+    """Where the demo writes, checked before the model is built: no output over an input, a
+    video extension OpenCV can write, folders that can be created and written."""
+    sources = {"--input": [i.path for i in inputs], "--video-input": args.video_input}
+    refuse_outputs_over_inputs(sources, _planned_outputs(args, inputs))
+    if args.video_input and args.output:
+        if os.path.splitext(args.output)[1].lower() not in VIDEO_EXTENSIONS:
+            raise ValueError(
+                f"--output {args.output!r} for --video-input must be a video file name ending "
+                f"in one of {', '.join(VIDEO_EXTENSIONS)}"
+            )
+    if args.output:
+        single = args.video_input or _single_image_output(args, inputs)
+        folder = os.path.dirname(os.path.abspath(args.output)) if single else args.output
+        if not single and os.path.exists(args.output) and not os.path.isdir(args.output):
+            raise ValueError(
+                f"--output {args.output} is not a folder: for several images, or a name "
+                f"without an image extension ({', '.join(IMAGE_EXTENSIONS)}), --output is the "
+                "folder of the overlays"
+            )
+        if not (single and os.path.exists(args.output)):  # an existing file is replaced
+            _probe_folder(folder, "--output")
+    if args.panoptic_out:
+        _probe_folder(args.panoptic_out, "--panoptic-out")
+
+
 def _check_outputs(args: argparse.Namespace, meta_architecture: str, metadata: Any) -> None:
     """What ``--panoptic-out`` needs, checked before the model is built."""
     if not args.panoptic_out:
@@ -305,21 +441,40 @@ def _check_outputs(args: argparse.Namespace, meta_architecture: str, metadata: A
         raise ValueError("--panoptic-out needs dataset metadata with id maps: pass --dataset")
 
 
+def _write_image(path: str, bgr: np.ndarray) -> None:
+    """Encode by ``path``'s extension and write; failures name the file and the cause
+    (``cv2.imwrite`` only returns False)."""
+    ext = os.path.splitext(path)[1] or ".png"
+    ok, data = cv2.imencode(ext, np.ascontiguousarray(bgr))
+    if not ok:
+        raise OutputWriteError(path, OSError(0, f"OpenCV cannot encode a {ext} image"))
+    write_bytes(path, data.tobytes())
+
+
 def _run_video(args: argparse.Namespace, predictor: DemoPredictor, metadata: Any) -> int:
     writer, frames = None, 0
-    for frame in _video_frames(args.video_input):
-        frames += 1
-        rgb, outputs = predictor.on_frame(frame)
-        overlay = visualize(rgb, outputs, metadata)[:, :, ::-1]
-        if args.output:
+    try:
+        for frame in _video_frames(args.video_input):
+            frames += 1
+            rgb, outputs = predictor.on_frame(frame)
+            overlay = np.ascontiguousarray(visualize(rgb, outputs, metadata)[:, :, ::-1])
+            if not args.output:
+                continue
             if writer is None:
-                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                 h, w = overlay.shape[:2]
+                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                 writer = cv2.VideoWriter(args.output, fourcc, 15.0, (w, h))
-            writer.write(np.ascontiguousarray(overlay))
-    if writer is not None:
-        writer.release()
-    logger.info(f"{args.video_input}: {frames} frames")
+                if not writer.isOpened():
+                    raise OutputWriteError(
+                        args.output, OSError(0, f"OpenCV cannot open a {w}x{h} mp4v video there")
+                    )
+            writer.write(overlay)
+    finally:
+        if writer is not None:
+            writer.release()
+    if writer is not None and not (os.path.isfile(args.output) and os.path.getsize(args.output)):
+        raise OutputWriteError(args.output, OSError(0, "OpenCV wrote nothing (disk full?)"))
+    logger.info(f"{args.video_input}: {frames} frames" + (f" -> {args.output}" if writer else ""))
     return 0
 
 
@@ -329,12 +484,11 @@ def _write_image_outputs(
     """Overlay and COCO-panoptic PNG of one image; returns its record (``--panoptic-out``)."""
     if args.output:
         target = args.output if single else os.path.join(args.output, item.name + ".png")
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        cv2.imwrite(target, visualize(rgb, outputs, metadata)[:, :, ::-1])
+        _write_image(target, visualize(rgb, outputs, metadata)[:, :, ::-1])
     if not args.panoptic_out:
         return None
     colors, record = panoptic_record(outputs, metadata, item.name, item.name + ".png")
-    cv2.imwrite(os.path.join(args.panoptic_out, item.name + ".png"), colors[:, :, ::-1])
+    _write_image(os.path.join(args.panoptic_out, item.name + ".png"), colors[:, :, ::-1])
     record["input_file"] = item.path  # which input each PNG belongs to
     return record
 
@@ -342,27 +496,58 @@ def _write_image_outputs(
 def _run_images(
     args: argparse.Namespace, inputs: list[DemoInput], predictor: DemoPredictor, metadata: Any
 ) -> int:
-    """Every input in turn; an unreadable one is skipped. ``predictions.json`` is written for
-    the images that worked even if a later one fails; exit status 1 if any was skipped."""
+    """Every input in turn. One that fails (unreadable, not a regular file, too small to
+    resize, ...) is skipped with the reason; a failed write stops the run. ``predictions.json``
+    is written for the images done whatever ends the run; exit status 1 if any was skipped."""
     results = DemoResults()
-    single = len(inputs) == 1 and os.path.splitext(args.output or "")[1].lower() in IMAGE_EXTENSIONS
-    if args.panoptic_out:
-        os.makedirs(args.panoptic_out, exist_ok=True)
+    single = _single_image_output(args, inputs)
+    done = 0
     try:
         for item in inputs:
+            problem = not_a_regular_file(item.path)
+            if problem:
+                results.skip(item.path, problem)
+                continue
             try:
                 rgb, outputs = predictor(item.path)
+                record = _write_image_outputs(args, item, single, rgb, outputs, metadata)
+            except OutputWriteError:
+                raise  # the next image would fail the same way
             except _UNREADABLE as e:
                 results.skip(item.path, e)
                 continue
-            record = _write_image_outputs(args, item, single, rgb, outputs, metadata)
+            except Exception as e:  # this image only: the others still run
+                results.skip(item.path, f"{type(e).__name__}: {e}")
+                continue
+            done += 1
             if record is not None:
                 results.records.append(record)
             logger.info(f"{item.path}: {', '.join(sorted(outputs))}")
+    except (SystemExit, KeyboardInterrupt):
+        logger.error(f"interrupted after {done} of {len(inputs)} images")
+        raise
     finally:
         if args.panoptic_out:
             results.write_predictions(args.panoptic_out, metadata.get("categories", []))
     return results.exit_status(len(inputs))
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's time limit) unwinds like Ctrl-C, so that the
+    ``finally`` blocks write ``predictions.json``; the exit status is then 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,14 +556,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO)
     # Everything a user gave is checked before the (slow) model is built.
     inputs = plan_inputs(args.input) if args.input else []
-    if args.video_input and not os.path.isfile(args.video_input):
-        raise FileNotFoundError(f"--video-input {args.video_input!r} does not exist")
-    predictor, metadata, _ = build_predictor(
-        args, check=lambda metadata, name: _check_outputs(args, name, metadata)
-    )
     if args.video_input:
-        return _run_video(args, predictor, metadata)
-    return _run_images(args, inputs, predictor, metadata)
+        if not os.path.lexists(args.video_input):
+            raise FileNotFoundError(f"--video-input {args.video_input!r} does not exist")
+        problem = not_a_regular_file(args.video_input)
+        if problem:
+            raise ValueError(f"--video-input {args.video_input!r} {problem}")
+    check_output_paths(args, inputs)
+    with _sigterm_as_exit():
+        predictor, metadata, _ = build_predictor(
+            args, check=lambda metadata, name: _check_outputs(args, name, metadata)
+        )
+        if args.video_input:
+            return _run_video(args, predictor, metadata)
+        return _run_images(args, inputs, predictor, metadata)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -32,6 +33,7 @@ from ..engine import Trainer
 from ..engine.launch import register_config_datasets
 from ..export import ExportCheckError, ExportFormat, export_model
 from ..export.compare import worst_figures
+from ..utils.paths import refuse_outputs_over_inputs
 
 logger = logging.getLogger("panoptic_ext.export")
 
@@ -75,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     cfg = build_cfg(args.config_file, args.opts, device="cpu")
+    file_name = ExportFormat(args.format).file_name
+    refuse_outputs_over_inputs(
+        {"--config-file": args.config_file, "MODEL.WEIGHTS": cfg.MODEL.WEIGHTS,
+         "--sample-image": args.sample_image},
+        {"--output": args.output, f"--output's {file_name}": os.path.join(args.output, file_name)},
+    )  # fmt: skip
     register_config_datasets(cfg)  # sample images come from DATASETS.TEST[0]
     model = Trainer.build_model(cfg)
     if not cfg.MODEL.WEIGHTS:

@@ -3,6 +3,7 @@ matched / unmatched report, and writing only a checkpoint that fills every tenso
 
 import torch
 
+from ..checkpoint.checkpointer import atomic_write
 from ..checkpoint.safe_load import load_checkpoint_file
 
 __all__ = ["official_model_state", "write_if_complete"]
@@ -49,6 +50,7 @@ def write_if_complete(
     if report["unmatched"] or report["shape_mismatch"] or report["missing"]:
         print(f"NOT writing {output}: the checkpoint does not fit {config_file}")
         return 1
-    torch.save({"model": converted, "__author__": author}, output)
+    ckpt = {"model": converted, "__author__": author}
+    atomic_write(output, lambda f: torch.save(ckpt, f))
     print(f"wrote {output} ({len(converted)} tensors)")
     return 0

@@ -2,15 +2,18 @@
 
 import argparse
 import logging
+import os
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from ..config import build_cfg
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
 from ..utils.determinism import enable_deterministic_mode
+from ..utils.write_errors import reporting_write_errors
 from .config_checks import check_config_values
 from .distributed import external_launch_from_env, leave_process_group, run_external_worker
 from .output_dir import claim_output_dir_all_ranks, release_output_dir
@@ -47,6 +50,30 @@ def register_config_datasets(cfg: CfgNode) -> list[str]:
     return names
 
 
+EVAL_CONFIG_NAME = "config_eval.yaml"
+
+
+def _setup_evaluation(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """``default_setup`` for ``--eval-only``, which saves its config as ``config_eval.yaml``.
+
+    ``default_setup`` writes ``OUTPUT_DIR/config.yaml``: evaluating a training's checkpoints in
+    its own folder replaced the training's config with the evaluation's. Here it runs without
+    an output folder, then the log files and the config copy are added under their own names.
+    """
+    no_output = cfg.clone()
+    no_output.defrost()
+    no_output.OUTPUT_DIR = None  # no file opened ("" would mean a log.txt in the cwd)
+    default_setup(no_output, args)
+    rank = comm.get_rank()
+    for name in ("fvcore", "detectron2"):  # the log files default_setup would have opened
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, configure_stdout=False)
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        path = os.path.join(cfg.OUTPUT_DIR, EVAL_CONFIG_NAME)
+        with reporting_write_errors(path), PathManager.open(path, "w") as f:
+            f.write(cfg.dump())
+        logger.info(f"Full config saved to {path}")
+
+
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """Build the frozen config from ``args.config_file`` and ``args.opts`` and set up logging.
 
@@ -54,7 +81,8 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     CUDA, ``MODEL.DEVICE`` falls back to "cpu" (with a warning) so every config runs anywhere.
     ``OUTPUT_DIR`` is claimed for this run before anything is written to it
     (:mod:`panoptic_ext.engine.output_dir`: lock; another run's checkpoints are refused unless
-    ``args.resume`` or ``args.overwrite_output``).
+    ``args.resume`` or ``args.overwrite_output``). ``--eval-only`` saves its config as
+    ``config_eval.yaml``, never over a training's ``config.yaml``.
     """
     cfg = build_cfg(args.config_file, args.opts)
     training = not getattr(args, "eval_only", False)
@@ -66,7 +94,10 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         resume=getattr(args, "resume", False),
         overwrite=getattr(args, "overwrite_output", False),
     )
-    default_setup(cfg, args)
+    if training:
+        default_setup(cfg, args)
+    else:
+        _setup_evaluation(cfg, args)
     # default_setup sets up the "detectron2" and "fvcore" loggers only: without this, what our
     # modules log (e.g. the per-class PQ table) reaches neither the console nor log.txt.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=PROJECT_LOGGER)

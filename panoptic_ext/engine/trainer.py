@@ -1,6 +1,7 @@
 """``Trainer``: detectron2's DefaultTrainer with our mapper, evaluator table and CPU-safe DDP."""
 
 import logging
+import os
 import weakref
 
 import torch
@@ -15,6 +16,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, Trainer
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
@@ -28,8 +30,11 @@ from .checks import check_class_counts
 from .config_checks import check_stuff_area_limit
 from .evaluator_table import build_evaluators
 from .hooks import ExactResumeHook, NanGuardHook
+from .writers import build_writers
 
 __all__ = ["Trainer", "wrap_ddp"]
+
+logger = logging.getLogger(__name__)
 
 
 def wrap_ddp(model: nn.Module) -> nn.Module:
@@ -71,8 +76,26 @@ class Trainer(DefaultTrainer):
 
     def train(self):
         """Train, then return the last evaluation results (empty dict if none ran)."""
+        if self.start_iter >= self.max_iter:
+            self._save_missing_final()
         super().train()
         return getattr(self, "_last_eval_results", {})
+
+    def _save_missing_final(self) -> None:
+        """A run resumed at ``MAX_ITER`` runs no iteration, so no hook saves ``model_final.pth``:
+        after a kill during that very save the run would end without it. Save it here."""
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        if not comm.is_main_process() or PathManager.exists(final):
+            return
+        logger.warning(
+            f"{final} is missing (its save was interrupted); writing it from the checkpoint of "
+            f"iteration {self.iter}, as SOLVER.MAX_ITER {self.max_iter} is reached"
+        )
+        self.checkpointer.save("model_final", iteration=self.iter)
+
+    def build_writers(self):
+        # detectron2's writers; metrics.json continues on a new line after a cut record.
+        return build_writers(self.cfg.OUTPUT_DIR, self.max_iter)
 
     @classmethod
     def build_checkpointer(

@@ -169,3 +169,35 @@ def test_class_names_of_a_dataset_registered_by_the_config(tmp_path):
     assert meta.thing_classes == ["my_disk", "my_box", "my_triangle"]
     stuff = meta.stuff_classes[1:]  # [0] is the merged "things" class
     assert stuff and all(n.startswith("my_") for n in stuff), meta.stuff_classes
+
+
+def test_overlay_inputs_are_fitted_to_the_drawing_cap():
+    """Instances and semantic logits of a 3000x1000 image are drawn at 2048x683; a small image
+    is passed through unchanged."""
+    from detectron2.structures import Boxes, Instances
+
+    fit = _demo().fit_for_drawing
+    rgb = np.zeros((1000, 3000, 3), np.uint8)
+    masks = torch.zeros(1, 1000, 3000, dtype=torch.bool)
+    masks[0, 500:, 1500:] = True
+    boxes = Boxes(torch.tensor([[1500.0, 500, 3000, 1000]]))
+    instances = Instances((1000, 3000), pred_boxes=boxes, pred_masks=masks)
+    small, drawn = fit(rgb, {"instances": instances}, max_side=2048)
+    assert small.shape == (683, 2048, 3) and drawn["instances"].image_size == (683, 2048)
+    np.testing.assert_allclose(drawn["instances"].pred_boxes.tensor[0].tolist(),
+                               [1024, 341.5, 2048, 683], atol=0.5)  # fmt: skip
+    assert drawn["instances"].pred_masks.shape == (1, 683, 2048)
+    assert drawn["instances"].pred_masks.dtype == torch.bool
+    assert abs(drawn["instances"].pred_masks.float().mean().item() - 0.25) < 0.01
+    logits = torch.zeros(3, 1000, 3000)
+    logits[2, :, :1500] = 1
+    _, drawn = fit(rgb, {"sem_seg": logits}, max_side=2048)
+    labels = drawn["sem_seg"].argmax(dim=0)
+    assert (
+        labels.shape == (683, 2048)
+        and (labels[:, :1020] == 2).all()
+        and (labels[:, 1030:] == 0).all()
+    )
+    tiny = np.zeros((64, 64, 3), np.uint8)
+    outputs = {"sem_seg": torch.zeros(3, 64, 64)}
+    assert fit(tiny, outputs)[0] is tiny and fit(tiny, outputs)[1] is outputs
