@@ -23,7 +23,6 @@ The semantic PNGs map things to 0, stuff to 1..S in category order, void to 255 
 """
 
 import argparse
-import json
 import sys
 
 from ..data.converters import (
@@ -32,6 +31,7 @@ from ..data.converters import (
     instances_semantic_to_panoptic,
     panoptic_to_separated,
 )
+from ..data.json_file import read_json
 
 
 def parse_args(argv=None):
@@ -59,8 +59,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.command == "to-panoptic":
-        with open(args.stuff_categories) as f:
-            stuff = json.load(f)
+        stuff = read_json(args.stuff_categories, "stuff categories json")
         report = instances_semantic_to_panoptic(
             args.instances_json,
             args.semantic_root,

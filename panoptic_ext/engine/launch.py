@@ -30,21 +30,37 @@ def register_config_datasets(cfg: CfgNode) -> list[str]:
     and seed.
 
     A name that is already registered is replaced, so a re-run with other paths takes effect.
+    One name listed twice with different paths is refused (detectron2's catalog refuses a second
+    registration too): silently keeping either entry would train or test on the wrong files.
     """
+    entries = _checked_register_entries(cfg.DATASETS.REGISTER_PANOPTIC)
     synthetic = cfg.DATASETS.SYNTHETIC
     register_synthetic_datasets(
         synthetic.IMAGE_SIZE, synthetic.NUM_TRAIN, synthetic.NUM_VAL, synthetic.SEED
     )
-    names = []
-    for entry in cfg.DATASETS.REGISTER_PANOPTIC:
+    for entry in entries:
+        register_panoptic_dataset(*entry)
+    return [entry[0] for entry in entries]
+
+
+def _checked_register_entries(entries) -> list[tuple[str, ...]]:
+    """``DATASETS.REGISTER_PANOPTIC`` entries, each name once; refuses malformed entries and
+    names listed twice with different paths (an exact repeat is kept once)."""
+    by_name: dict[str, tuple[str, ...]] = {}
+    for entry in entries:
         if len(entry) != 4:
             raise ValueError(
                 "DATASETS.REGISTER_PANOPTIC entries are (name, image_root, panoptic_root, "
                 f"panoptic_json); got {entry!r}"
             )
-        register_panoptic_dataset(*entry)
-        names.append(entry[0])
-    return names
+        entry = tuple(entry)
+        first = by_name.setdefault(entry[0], entry)
+        if first != entry:
+            raise ValueError(
+                f"DATASETS.REGISTER_PANOPTIC registers the dataset '{entry[0]}' twice with "
+                f"different files: {first[1:]} and {entry[1:]}; give each dataset its own name"
+            )
+    return list(by_name.values())
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:

@@ -10,7 +10,6 @@ sums are kept and gathered across ranks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -24,6 +23,7 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from ..data.json_file import read_json
 from ..data.panoptic_io import read_panoptic_rows
 from .fast_pq import PQCategories, PQStats, image_pq_stats, pq_average
 from .report import ClassQuality, class_quality, format_class_table, write_pq_report
@@ -61,8 +61,7 @@ class FastPanopticEvaluator(DatasetEvaluator):
             DatasetCatalog.get(dataset_name)  # generated datasets write their files on first use
         if not os.path.isfile(json_file):
             raise FileNotFoundError(f"{dataset_name}: panoptic_json {json_file} does not exist")
-        with open(json_file) as f:
-            gt = json.load(f)
+        gt = read_json(json_file, "panoptic json")
         self._categories = PQCategories(gt["categories"], json_file)
         self._gt = {ann["image_id"]: ann for ann in gt["annotations"]}
         self._gt_root = self._metadata.panoptic_root
