@@ -70,18 +70,26 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     CUDA, ``MODEL.DEVICE`` falls back to "cpu" (with a warning) so every config runs anywhere.
     ``OUTPUT_DIR`` is claimed for this run before anything is written to it
     (:mod:`panoptic_ext.engine.output_dir`: lock; another run's checkpoints are refused unless
-    ``args.resume`` or ``args.overwrite_output``).
+    ``args.resume`` or ``args.overwrite_output``). A training ``--resume`` from a checkpoint of
+    another model is refused before anything is written (:meth:`Trainer.check_resume`).
     """
     cfg = build_cfg(args.config_file, args.opts)
     training = not getattr(args, "eval_only", False)
     check_config_values(cfg, training=training, world_size=comm.get_world_size())
     register_config_datasets(cfg)
+    resume = getattr(args, "resume", False)
     claim_output_dir_all_ranks(
         cfg.OUTPUT_DIR,
         training=training,
-        resume=getattr(args, "resume", False),
+        resume=resume,
         overwrite=getattr(args, "overwrite_output", False),
     )
+    if resume and training:
+        try:  # before default_setup writes config.yaml and the log
+            Trainer.check_resume(cfg)
+        except BaseException:
+            release_output_dir(cfg.OUTPUT_DIR)
+            raise
     default_setup(cfg, args)
     # default_setup sets up the "detectron2" and "fvcore" loggers only: without this, what our
     # modules log (e.g. the per-class PQ table) reaches neither the console nor log.txt.
@@ -96,7 +104,7 @@ def main(args: argparse.Namespace):
     try:
         if args.eval_only:
             model = Trainer.build_model(cfg)
-            checkpointer = Trainer.build_checkpointer(cfg, model)
+            checkpointer = Trainer.build_checkpointer(cfg, model, inference=True)
             checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
             return Trainer.test(cfg, model)
         trainer = Trainer(cfg)
