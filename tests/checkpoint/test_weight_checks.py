@@ -142,3 +142,13 @@ def test_changed_model_keys_ignores_weights_device_and_other_sections():
     saved = "MODEL:\n  WEIGHTS: a.pth\n  A: [1, 2]\n  B: {C: 1}\nSOLVER: {LR: 1}\n"
     now = "MODEL:\n  WEIGHTS: b.pth\n  A: [1, 2]\n  B: {C: 2, D: 0}\nSOLVER: {LR: 2}\n"
     assert changed_model_keys(saved, now) == ["MODEL.B.C: 1 -> 2", "MODEL.B.D: '<absent>' -> 0"]
+
+
+def test_d2_checkpoint_reader_refuses_nan(tmp_path):
+    """The PANet-from-detectron2 path (checkpoint report, converter) reads through the same
+    check."""
+    from panoptic_ext.checkpoint import read_d2_checkpoint
+
+    path = _save(tmp_path / "d2.pth", {"roi_heads.box_head.fc1.weight": torch.full((2,), np.inf)})
+    with pytest.raises(NonFiniteWeightsError, match=r"fc1.weight \(0 NaN, 2 Inf of 2 values\)"):
+        read_d2_checkpoint(path)
