@@ -244,29 +244,31 @@ class SafeCheckpointer(DetectionCheckpointer):
     def _check_fits(self, filename: str, checkpoint: dict[str, Any]) -> None:
         """Refuse resuming from ``checkpoint`` unless its model tensors match the model's."""
         state = checkpoint.get("model", {})
-        shapes = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+        # Old detectron2 checkpoints hold anchors that are non-persistent buffers now
+        # (DetectionCheckpointer ignores them too).
+        shapes = {
+            k: tuple(getattr(v, "shape", ()))
+            for k, v in state.items()
+            if "anchor_generator.cell_anchors" not in k
+        }
         model = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         found = resume_misfit(model, shapes)
         if not found:
             return
-        saved = checkpoint.get("config")
-        source = "the config saved in the checkpoint"
-        if not isinstance(saved, str):
-            tag = os.path.join(self.save_dir, "config.yaml")  # the run's, not yet overwritten
-            saved = open(tag).read() if self.save_dir and os.path.isfile(tag) else None
-            source = f"{tag}"
-        if saved is not None and self.config_yaml:
+        saved, source = checkpoint.get("config"), "the config saved in the checkpoint"
+        if not isinstance(saved, str):  # saved before checkpoints kept their config
+            source = os.path.join(self.save_dir, "config.yaml")  # the run's, not yet rewritten
+            saved = open(source).read() if self.save_dir and os.path.isfile(source) else None
+        if saved is None or not self.config_yaml:
+            keys = "no saved config to compare with"
+        else:
             changed = changed_model_keys(saved, self.config_yaml)
             keys = (
-                "config keys changed since it was saved (against "
-                + source
-                + "):\n    "
+                f"config keys changed since it was saved (against {source}):\n    "
                 + "\n    ".join(changed)
                 if changed
-                else "no MODEL.* key differs from " + source + "; the file holds another model"
+                else f"no MODEL.* key differs from {source}: the file holds another model"
             )
-        else:
-            keys = "no saved config to compare with"
         raise ResumeMismatchError(
             f"Cannot --resume from {filename}: it was saved by a different model than the "
             "config builds now, so training would continue with re-initialised layers or stop "

@@ -152,3 +152,10 @@ def test_d2_checkpoint_reader_refuses_nan(tmp_path):
     path = _save(tmp_path / "d2.pth", {"roi_heads.box_head.fc1.weight": torch.full((2,), np.inf)})
     with pytest.raises(NonFiniteWeightsError, match=r"fc1.weight \(0 NaN, 2 Inf of 2 values\)"):
         read_d2_checkpoint(path)
+
+
+def test_resume_ignores_old_detectron2_anchor_buffers(tmp_path):
+    """detectron2 checkpoints from before cell_anchors became non-persistent still resume."""
+    state = {**_Model().state_dict(), "anchor_generator.cell_anchors.0": torch.zeros(3, 4)}
+    _save(tmp_path / "model_0000001.pth", state)
+    SafeCheckpointer(_Model(), str(tmp_path)).check_resume()
