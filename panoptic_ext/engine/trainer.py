@@ -92,6 +92,8 @@ class Trainer(DefaultTrainer):
         Builds the model on the CPU and reads the checkpoint; writes nothing, so it runs before
         the run's config and log are written.
         """
+        if not SafeCheckpointer(nn.Module(), cfg.OUTPUT_DIR).has_checkpoint():
+            return  # nothing to resume: MODEL.WEIGHTS initialises the run as usual
         cpu_cfg = cfg.clone()
         cpu_cfg.defrost()
         cpu_cfg.MODEL.DEVICE = "cpu"
