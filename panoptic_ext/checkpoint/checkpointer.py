@@ -13,6 +13,15 @@ from detectron2.utils.file_io import PathManager
 
 from ..utils.write_errors import call_writer, reporting_write_errors
 from .safe_load import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint_file
+from .weight_checks import (
+    ResumeMismatchError,
+    WeightsError,
+    WeightsMismatchError,
+    changed_model_keys,
+    check_coverage,
+    check_finite,
+    resume_misfit,
+)
 
 __all__ = ["SafeCheckpointer", "atomic_write", "is_local_path"]
 
@@ -93,22 +102,50 @@ class SafeCheckpointer(DetectionCheckpointer):
       get the umask's permissions (like detectron2's) and a non-local ``OUTPUT_DIR`` goes
       through ``self.path_manager`` (detectron2's ``PathManager`` and its handlers);
     * ``resume_or_load(resume=True)`` falls back to the newest readable older checkpoint (with a
-      warning) when the last one cannot be read. A file refused as unsafe is never skipped.
+      warning) when the last one cannot be read. A file refused as unsafe is never skipped;
+    * weights that cannot be right are refused (:mod:`.weight_checks`): NaN/Inf in a tensor, a
+      file that fills none of the model, a head left at random init when ``inference``, and a
+      resume checkpoint saved by another model (its saved config names the changed keys).
     """
 
-    def __init__(self, model, save_dir: str = "", *, trust: bool = False, **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        trust: bool = False,
+        inference: bool = False,
+        config_yaml: str = "",
+        **kwargs,
+    ):
         """
         Args:
             model, save_dir, kwargs: as for ``DetectionCheckpointer``.
             trust: load files with full pickle (``CHECKPOINT.TRUST_PICKLE``); off by default.
+            inference: the weights are for evaluation, a demo or an export: no (or empty)
+                weights and heads left at random initialisation are refused.
+            config_yaml: the run's config dump, saved in every checkpoint so that a resume
+                with another model can name the keys that changed.
         """
         super().__init__(model, save_dir, **kwargs)
         self.trust = trust
+        self.inference = inference
+        self.config_yaml = config_yaml
+        self._resuming = False
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, model, save_dir: str = "", **kwargs) -> "SafeCheckpointer":
-        """Build with ``trust`` taken from ``cfg.CHECKPOINT.TRUST_PICKLE``."""
-        return cls(model, save_dir, trust=cfg.CHECKPOINT.TRUST_PICKLE, **kwargs)
+    def from_config(
+        cls, cfg: CfgNode, model, save_dir: str = "", *, inference: bool = False, **kwargs
+    ) -> "SafeCheckpointer":
+        """Build with ``trust`` from ``cfg.CHECKPOINT.TRUST_PICKLE`` and the config saved."""
+        return cls(
+            model,
+            save_dir,
+            trust=cfg.CHECKPOINT.TRUST_PICKLE,
+            inference=inference,
+            config_yaml=cfg.dump(),
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ saving
     def save(self, name: str, **kwargs: Any) -> None:
@@ -117,6 +154,8 @@ class SafeCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.config_yaml:
+            data["config"] = self.config_yaml
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -134,6 +173,13 @@ class SafeCheckpointer(DetectionCheckpointer):
     def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
         """``DetectionCheckpointer.load``; a local path that is no file is named with the reason
         (fvcore would report a directory as "not found")."""
+        if not path and self.inference:
+            raise WeightsMismatchError(
+                "MODEL.WEIGHTS is empty: evaluation, the demo and export would run a randomly "
+                "initialised model (detectron2 only logs 'Initializing model from scratch'). "
+                "Pass the trained weights, e.g. MODEL.WEIGHTS output/model_final.pth (or "
+                "--resume to evaluate the last checkpoint of OUTPUT_DIR)."
+            )
         local = urlparse(path)._replace(query="").geturl() if path else path
         if local and is_local_path(local) and not os.path.isfile(local.removeprefix("file://")):
             why = (
@@ -165,12 +211,20 @@ class SafeCheckpointer(DetectionCheckpointer):
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
-        candidates = self._checkpoint_candidates()
+        self._resuming = True
+        try:
+            return self._first_readable(lambda candidate: self.load(candidate))
+        finally:
+            self._resuming = False
+
+    def _first_readable(self, read):
+        """``read(candidate)`` of the first resume candidate that can be read; unreadable ones
+        are skipped with a warning, unsafe or wrong weights stop (never skipped)."""
         errors = []
-        for candidate in candidates:
+        for candidate in self._checkpoint_candidates():
             try:
-                return self.load(candidate)
-            except UnsafeCheckpointError:
+                return read(candidate)
+            except (UnsafeCheckpointError, WeightsError):
                 raise
             except Exception as e:  # unreadable: truncated, corrupt, missing
                 self._parsed_url_during_load = None  # DetectionCheckpointer.load did not reset it
@@ -183,7 +237,79 @@ class SafeCheckpointer(DetectionCheckpointer):
             f"No readable checkpoint in '{self.save_dir}' to resume from:\n" + "\n".join(errors)
         )
 
+    def check_resume(self) -> None:
+        """Read the checkpoint ``resume_or_load(resume=True)`` would continue from and refuse it
+        (:class:`ResumeMismatchError`) when it does not fit the model; changes nothing.
+
+        Run before a resumed training writes anything (its config, log, checkpoints)."""
+        if self.has_checkpoint():
+            self._first_readable(lambda c: self._check_fits(c, self._load_file(c)))
+
+    def _check_fits(self, filename: str, checkpoint: dict[str, Any]) -> None:
+        """Refuse resuming from ``checkpoint`` unless its model tensors match the model's."""
+        state = checkpoint.get("model", {})
+        # Old detectron2 checkpoints hold anchors that are non-persistent buffers now
+        # (DetectionCheckpointer ignores them too).
+        shapes = {
+            k: tuple(getattr(v, "shape", ()))
+            for k, v in state.items()
+            if "anchor_generator.cell_anchors" not in k
+        }
+        model = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        found = resume_misfit(model, shapes)
+        if not found:
+            return
+        saved, source = checkpoint.get("config"), "the config saved in the checkpoint"
+        if not isinstance(saved, str):  # saved before checkpoints kept their config
+            source = os.path.join(self.save_dir, "config.yaml")  # the run's, not yet rewritten
+            saved = open(source).read() if self.save_dir and os.path.isfile(source) else None
+        if saved is None or not self.config_yaml:
+            keys = "no saved config to compare with"
+        else:
+            changed = changed_model_keys(saved, self.config_yaml)
+            keys = (
+                f"config keys changed since it was saved (against {source}):\n    "
+                + "\n    ".join(changed)
+                if changed
+                else f"no MODEL.* key differs from {source}: the file holds another model"
+            )
+        raise ResumeMismatchError(
+            f"Cannot --resume from {filename}: it was saved by a different model than the "
+            "config builds now, so training would continue with re-initialised layers or stop "
+            "in the optimizer.\n  " + "\n  ".join(found) + f"\n  {keys}\n"
+            "Undo the change to resume, or start a new run (another OUTPUT_DIR, or "
+            "--overwrite-output; MODEL.WEIGHTS can initialise it from this checkpoint)."
+        )
+
+    def _load_model(self, checkpoint: Any):
+        """Load as detectron2 does, then refuse weights that fill nothing (or, for inference,
+        leave a head at random init); when resuming, refuse a checkpoint of another model
+        before anything is loaded."""
+        filename = getattr(self, "_last_file", "<checkpoint>")
+        if self._resuming:
+            self._check_fits(filename, checkpoint)
+        file_keys = list(checkpoint.get("model", {}))
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is not None:
+            missing = set(incompatible.missing_keys)
+            model_keys = list(self.model.state_dict())
+            check_coverage(
+                model_keys,
+                [k for k in model_keys if k not in missing],
+                file_keys,
+                incompatible.unexpected_keys + [k for k, _, _ in incompatible.incorrect_shapes],
+                filename,
+                inference=self.inference,
+            )
+        return incompatible
+
     def _load_file(self, filename: str) -> dict[str, Any]:
+        data = self._read_file(filename)
+        check_finite(data.get("model", {}), filename)
+        self._last_file = filename  # named by _load_model's refusals
+        return data
+
+    def _read_file(self, filename: str) -> dict[str, Any]:
         data = load_checkpoint_file(filename, trust=self.trust)
         if not isinstance(data, dict):
             raise TypeError(f"Checkpoint '{filename}' holds a {type(data).__name__}, not a dict.")

@@ -13,6 +13,7 @@ from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
 from .safe_load import load_checkpoint_file
+from .weight_checks import check_finite
 
 __all__ = ["LoadReport", "load_d2_state_dict", "read_d2_checkpoint"]
 
@@ -44,11 +45,14 @@ def read_d2_checkpoint(path: str) -> dict[str, torch.Tensor]:
 
     Returns:
         the ``"model"`` state dict, values converted to tensors.
+    Raises:
+        NonFiniteWeightsError: a tensor holds NaN or Inf (named).
     """
     data = load_checkpoint_file(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
     state = data.get("model", data)
+    check_finite(state, path)  # NaN/Inf weights are refused here as everywhere
     return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
 
 

@@ -15,12 +15,20 @@ cannot be a checkpoint -- missing, a directory, empty, an HTML page or a Git LFS
 under the checkpoint's name, a truncated or corrupted archive (zip checksums are verified, so a
 flipped bit is caught instead of loading wrong weights) or a pickle that does not parse -- raises
 :class:`UnreadableCheckpointError` "cannot read <file>: <why>", which resuming skips.
+
+A file that is neither torch.save's zip archive nor its legacy stream is a plain pickle: its
+opcodes are read (never executed) first. Plain data and numpy arrays load with the restricted
+unpickler; ``pickle.dump`` of tensors is refused with :class:`PlainPickleCheckpointError`
+(its tensors rebuild through ``torch.storage._load_from_bytes``, a full-pickle load) saying how
+to convert it; any other global (a raw payload such as ``posix.system``) with
+:class:`UnsafeCheckpointError`. Both are "unsafe", never "damaged", so resuming never skips them.
 """
 
 import importlib
 import logging
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from typing import Any
@@ -29,6 +37,7 @@ import torch
 
 __all__ = [
     "TRUST_ENV_VAR",
+    "PlainPickleCheckpointError",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "load_checkpoint_file",
@@ -75,14 +84,39 @@ _TRUST_HINT = (
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint references a Python global that the safe loaders do not admit."""
 
-    def __init__(self, filename: str, offending: str):
+    def __init__(self, filename: str, offending: str, what: str = ""):
         self.filename = filename
         self.offending = offending
+        self.what = what
         msg = (
-            f"Refusing to load checkpoint '{filename}': it references the global '{offending}', "
-            "which is not a numpy array, plain container or scalar. " + _TRUST_HINT
+            f"Refusing to load checkpoint '{filename}': {what}it references the global "
+            f"'{offending}', which is not a numpy array, plain container or scalar. " + _TRUST_HINT
         )
         super().__init__(msg)
+
+    def __reduce__(self):  # picklable across processes
+        return type(self), (self.filename, self.offending, self.what)
+
+
+class PlainPickleCheckpointError(UnsafeCheckpointError):
+    """Tensors saved with ``pickle.dump`` instead of ``torch.save``: loading them needs full
+    pickle (``torch.storage._load_from_bytes``), so the file is refused unless trusted."""
+
+    def __init__(self, filename: str, offending: str = "torch.storage._load_from_bytes"):
+        pickle.UnpicklingError.__init__(
+            self,
+            f"Refusing to load checkpoint '{filename}': it is a plain Python pickle of tensors "
+            "(written with pickle.dump, not torch.save), whose tensors can only be rebuilt by "
+            f"full pickle ('{offending}'), which can execute code. If you trust the file, "
+            'convert it once: python -c "import pickle, torch; torch.save(pickle.load(open('
+            f"'{filename}', 'rb')), '{filename}.converted.pth')\" and use the .converted.pth, or "
+            "load it as it is with CHECKPOINT.TRUST_PICKLE True (or "
+            f"{TRUST_ENV_VAR}=1).",
+        )
+        self.filename, self.offending, self.what = filename, offending, "plain pickle of tensors"
+
+    def __reduce__(self):
+        return type(self), (self.filename, self.offending)
 
 
 class UnreadableCheckpointError(OSError):
@@ -137,6 +171,103 @@ def _why_not_a_checkpoint(filename: str) -> str | None:
     if head.startswith(_ZIP_MAGIC):
         return _zip_damage(filename, size)
     return None
+
+
+# torch.save's legacy (non-zip) format starts with this number, pickled on its own.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# What ``pickle.dump`` of tensors / modules' state dicts references (torch's own reducers).
+_PLAIN_TENSOR_PICKLE_GLOBALS = frozenset(
+    {
+        "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_parameter",
+        "torch.storage._load_from_bytes",
+        "torch._tensor._rebuild_from_type_v2",
+        "torch.Tensor",
+        "torch.nn.parameter.Parameter",
+        "collections.OrderedDict",
+        "torch.device",
+    }
+)
+_STRING_OPS = frozenset(
+    {
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+        "UNICODE",
+        "SHORT_BINSTRING",
+        "BINSTRING",
+        "STRING",
+    }
+)
+# Opcodes that push nothing (memo bookkeeping, framing, marks): they leave the recent values.
+_NO_PUSH_OPS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "PROTO", "MARK"})
+
+
+def _pickle_globals(filename: str) -> tuple[bool, list[str]]:
+    """Read the first pickle of ``filename`` opcode by opcode, executing nothing.
+
+    Returns:
+        (whether it is torch.save's legacy stream, the globals the pickle references as
+        "module.name"; "<unresolved>" for a STACK_GLOBAL whose names cannot be followed).
+    Raises:
+        UnreadableCheckpointError: the file is not a pickle or ends inside one.
+    """
+    found: list[str] = []
+    recent: list = []  # the values of the last pushes (strings; None for anything else)
+    memo: dict[int, object] = {}
+    first = True
+    try:
+        with open(filename, "rb") as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                name = opcode.name
+                if first and name not in ("PROTO", "FRAME"):
+                    if name in ("LONG1", "LONG4", "LONG") and arg == _TORCH_LEGACY_MAGIC:
+                        return True, []
+                    first = False
+                if name == "GLOBAL" or name == "INST":
+                    found.append(".".join(str(arg).split(" ", 1)))
+                elif name == "STACK_GLOBAL":
+                    module, attr = ([None, None] + recent)[-2:]
+                    ok = isinstance(module, str) and isinstance(attr, str)
+                    found.append(f"{module}.{attr}" if ok else "<unresolved>")
+                    recent.append(None)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = recent[-1] if recent else None
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = recent[-1] if recent else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    recent.append(memo.get(int(arg)))
+                elif name in _STRING_OPS:
+                    recent.append(arg if isinstance(arg, str) else None)
+                elif name not in _NO_PUSH_OPS:
+                    recent.append(None)
+                del recent[:-4]
+    except (ValueError, EOFError) as e:  # genops: unknown opcode, truncated argument, no STOP
+        raise UnreadableCheckpointError(
+            filename,
+            "not a valid checkpoint: neither a torch.save archive nor a readable pickle "
+            f"(truncated or corrupted? {e})",
+        ) from None
+    return False, found
+
+
+def _load_plain_pickle(filename: str, trust: bool) -> Any:
+    """A pickle that is not torch.save's: restricted unpickler when every global it names is
+    admitted, else refused naming what it is (tensors pickled directly, or another global)."""
+    _, found = _pickle_globals(filename)
+    if trust:
+        with open(filename, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    admitted = {f"{module}.{name}" for module, name in _SAFE_PICKLE_GLOBALS}
+    refused = [g for g in found if g not in admitted]
+    if not refused:
+        return _restricted_pickle_load(filename)
+    others = [g for g in refused if g not in _PLAIN_TENSOR_PICKLE_GLOBALS]
+    if not others:
+        raise PlainPickleCheckpointError(filename, refused[0])
+    what = "it is a plain pickle (not a torch.save checkpoint) and "
+    raise UnsafeCheckpointError(filename, others[0], what)
 
 
 def _check_readable(filename: str) -> None:
@@ -235,7 +366,8 @@ def load_checkpoint_file(filename: str, trust: bool = False) -> Any:
         The unpickled object (for checkpoints: a dict of tensors / numpy arrays and metadata).
 
     Raises:
-        UnsafeCheckpointError: the file references a global outside the allow-list.
+        UnsafeCheckpointError: the file references a global outside the allow-list
+            (:class:`PlainPickleCheckpointError`: tensors saved with ``pickle.dump``).
         UnreadableCheckpointError: the file is missing, a directory, empty, an HTML page, a Git
             LFS pointer, a truncated / corrupted archive or a broken pickle ("cannot read
             <file>: <why>").
@@ -249,6 +381,10 @@ def load_checkpoint_file(filename: str, trust: bool = False) -> Any:
             with open(filename, "rb") as f:
                 return pickle.load(f, encoding="latin1")
         return _restricted_pickle_load(filename)
+    with open(filename, "rb") as f:
+        is_zip = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+    if not is_zip and not _pickle_globals(filename)[0]:  # not torch.save's: a plain pickle
+        return _load_plain_pickle(filename, trust)
     if trust:
         return torch.load(filename, map_location="cpu", weights_only=False)
     return _safe_torch_load(filename)

@@ -24,7 +24,6 @@ is written. The semantic PNGs map things to 0, stuff to 1..S in category order, 
 """
 
 import argparse
-import json
 import sys
 
 from ..data.converters import (
@@ -33,6 +32,7 @@ from ..data.converters import (
     instances_semantic_to_panoptic,
     panoptic_to_separated,
 )
+from ..data.json_file import read_json
 from ..utils.paths import refuse_outputs_over_inputs
 
 
@@ -80,8 +80,7 @@ def main(argv=None) -> int:
     inputs, outputs = _PATH_OPTIONS[args.command]
     refuse_outputs_over_inputs(_paths(args, inputs), _paths(args, outputs))
     if args.command == "to-panoptic":
-        with open(args.stuff_categories) as f:
-            stuff = json.load(f)
+        stuff = read_json(args.stuff_categories, "stuff categories json")
         report = instances_semantic_to_panoptic(
             args.instances_json,
             args.semantic_root,

@@ -159,7 +159,8 @@ class DemoPredictor:
         self.cfg = cfg
         self.model = Trainer.build_model(cfg)
         self.model.eval()
-        Trainer.build_checkpointer(cfg, self.model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+        checkpointer = Trainer.build_checkpointer(cfg, self.model, inference=True)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
         self.mapper = PanopticDatasetMapper(cfg, is_train=False)
         self.augmentations = T.AugmentationList(
             PanopticDatasetMapper.from_config(cfg, False)["augmentations"]

@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     register_config_datasets(cfg)  # sample images come from DATASETS.TEST[0]
     model = Trainer.build_model(cfg)
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
-    Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    # Refuses empty MODEL.WEIGHTS and weights that leave a head at random initialisation.
+    checkpointer = Trainer.build_checkpointer(cfg, model, inference=True)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     samples = sample_inputs(cfg, args.sample_image, args.num_samples)
     try:
         result = export_model(model, cfg, ExportFormat(args.format), args.output, samples)

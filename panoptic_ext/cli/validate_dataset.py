@@ -17,6 +17,7 @@ from collections import Counter
 
 from .. import data as _registers_datasets  # noqa: F401
 from ..config import build_cfg
+from ..data.json_file import read_json
 from ..data.validation import (
     ERROR,
     check_config_class_counts,
@@ -71,10 +72,8 @@ def main(argv=None) -> int:
         image_files=image_files,
     )
     if cfg is not None:
-        import json
-
-        with open(json_file) as f:
-            problems += check_config_class_counts(cfg, json.load(f).get("categories", []))
+        categories = read_json(json_file, "panoptic json").get("categories", [])
+        problems += check_config_class_counts(cfg, categories)
     for p in problems:
         print(p)
     counts = Counter(p.level for p in problems)

@@ -38,6 +38,7 @@ from PIL import Image
 from ..structures.boxes import segment_boxes
 from ..structures.panoptic_ids import id_to_rgb
 from ..structures.sem_seg_format import SemSegFormat
+from .json_file import read_json
 from .metadata import metadata_from_categories
 from .panoptic_io import read_panoptic_png
 from .panoptic_targets import category_labels, segment_index_map, semantic_lookup
@@ -231,8 +232,7 @@ def instances_semantic_to_panoptic(
     Raises:
         FileNotFoundError / ValueError: naming the file of a missing or bad semantic PNG.
     """
-    with open(instances_json) as f:
-        data = json.load(f)
+    data = read_json(instances_json, "instances json")
     things = [dict(c, isthing=1) for c in data["categories"]]
     stuff = [dict(c, isthing=0) for c in stuff_categories]
     categories = things + stuff
@@ -341,8 +341,7 @@ def panoptic_to_separated(
     Returns:
         a Counter report (images, instances).
     """
-    with open(panoptic_json) as f:
-        data = json.load(f)
+    data = read_json(panoptic_json, "panoptic json")
     categories = data["categories"]
     if sum(1 for c in categories if not c.get("isthing")) > 254:
         raise ValueError(f"{panoptic_json}: more than 254 stuff classes do not fit a uint8 PNG")

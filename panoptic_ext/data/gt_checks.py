@@ -30,7 +30,6 @@ result is cached on the JSON's and every PNG's size and modification time), rais
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ import numpy as np
 
 from ..structures.boxes import segment_boxes
 from .json_checks import ERROR, WARNING, DatasetJsonError, Problem, panoptic_json_problems
+from .json_file import read_json
 from .panoptic_io import UnsupportedPanopticPngError, index_map, read_panoptic_rows
 
 __all__ = [
@@ -241,8 +241,7 @@ def check_ground_truth(
         FileNotFoundError: naming the JSON when it does not exist.
         GroundTruthError: (a ``ValueError``) listing every error with file, segment and values.
     """
-    with open(json_file, encoding="utf-8") as f:
-        data = json.load(f)
+    data = read_json(json_file, "panoptic json")
     annotations = data.get("annotations") if isinstance(data, dict) else None
     pngs = [
         os.path.join(panoptic_root, a["file_name"])

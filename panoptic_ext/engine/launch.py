@@ -33,21 +33,37 @@ def register_config_datasets(cfg: CfgNode) -> list[str]:
     and seed.
 
     A name that is already registered is replaced, so a re-run with other paths takes effect.
+    One name listed twice with different paths is refused (detectron2's catalog refuses a second
+    registration too): silently keeping either entry would train or test on the wrong files.
     """
+    entries = _checked_register_entries(cfg.DATASETS.REGISTER_PANOPTIC)
     synthetic = cfg.DATASETS.SYNTHETIC
     register_synthetic_datasets(
         synthetic.IMAGE_SIZE, synthetic.NUM_TRAIN, synthetic.NUM_VAL, synthetic.SEED
     )
-    names = []
-    for entry in cfg.DATASETS.REGISTER_PANOPTIC:
+    for entry in entries:
+        register_panoptic_dataset(*entry)
+    return [entry[0] for entry in entries]
+
+
+def _checked_register_entries(entries) -> list[tuple[str, ...]]:
+    """``DATASETS.REGISTER_PANOPTIC`` entries, each name once; refuses malformed entries and
+    names listed twice with different paths (an exact repeat is kept once)."""
+    by_name: dict[str, tuple[str, ...]] = {}
+    for entry in entries:
         if len(entry) != 4:
             raise ValueError(
                 "DATASETS.REGISTER_PANOPTIC entries are (name, image_root, panoptic_root, "
                 f"panoptic_json); got {entry!r}"
             )
-        register_panoptic_dataset(*entry)
-        names.append(entry[0])
-    return names
+        entry = tuple(entry)
+        first = by_name.setdefault(entry[0], entry)
+        if first != entry:
+            raise ValueError(
+                f"DATASETS.REGISTER_PANOPTIC registers the dataset '{entry[0]}' twice with "
+                f"different files: {first[1:]} and {entry[1:]}; give each dataset its own name"
+            )
+    return list(by_name.values())
 
 
 EVAL_CONFIG_NAME = "config_eval.yaml"
@@ -82,18 +98,27 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     ``OUTPUT_DIR`` is claimed for this run before anything is written to it
     (:mod:`panoptic_ext.engine.output_dir`: lock; another run's checkpoints are refused unless
     ``args.resume`` or ``args.overwrite_output``). ``--eval-only`` saves its config as
-    ``config_eval.yaml``, never over a training's ``config.yaml``.
+    ``config_eval.yaml``, never over a training's ``config.yaml``. A training ``--resume`` from a
+    checkpoint of another model is refused before anything is written
+    (:meth:`Trainer.check_resume`).
     """
     cfg = build_cfg(args.config_file, args.opts)
     training = not getattr(args, "eval_only", False)
     check_config_values(cfg, training=training, world_size=comm.get_world_size())
     register_config_datasets(cfg)
+    resume = getattr(args, "resume", False)
     claim_output_dir_all_ranks(
         cfg.OUTPUT_DIR,
         training=training,
-        resume=getattr(args, "resume", False),
+        resume=resume,
         overwrite=getattr(args, "overwrite_output", False),
     )
+    if resume and training:
+        try:  # before default_setup writes config.yaml and the log
+            Trainer.check_resume(cfg)
+        except BaseException:
+            release_output_dir(cfg.OUTPUT_DIR)
+            raise
     if training:
         default_setup(cfg, args)
     else:
@@ -111,7 +136,7 @@ def main(args: argparse.Namespace):
     try:
         if args.eval_only:
             model = Trainer.build_model(cfg)
-            checkpointer = Trainer.build_checkpointer(cfg, model)
+            checkpointer = Trainer.build_checkpointer(cfg, model, inference=True)
             checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
             return Trainer.test(cfg, model)
         trainer = Trainer(cfg)

@@ -99,13 +99,33 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_checkpointer(
-        cls, cfg: CfgNode, model: nn.Module, **checkpointables
+        cls, cfg: CfgNode, model: nn.Module, *, inference: bool = False, **checkpointables
     ) -> DetectionCheckpointer:
         """The checkpointer used for training, resuming and ``--eval-only`` loading.
 
-        Safe loading (no code from pickles), atomic saves, fallback to the previous checkpoint.
+        Safe loading (no code from pickles), atomic saves, fallback to the previous checkpoint,
+        weights that cannot be right refused. ``inference``: evaluation, demo or export, which
+        refuse empty ``MODEL.WEIGHTS`` and heads left at random initialisation.
         """
-        return SafeCheckpointer.from_config(cfg, model, cfg.OUTPUT_DIR, **checkpointables)
+        return SafeCheckpointer.from_config(
+            cfg, model, cfg.OUTPUT_DIR, inference=inference, **checkpointables
+        )
+
+    @classmethod
+    def check_resume(cls, cfg: CfgNode) -> None:
+        """Refuse ``--resume`` when the checkpoint it would continue from was saved by another
+        model than ``cfg`` builds (naming the tensors and the changed config keys).
+
+        Builds the model on the CPU and reads the checkpoint; writes nothing, so it runs before
+        the run's config and log are written.
+        """
+        if not SafeCheckpointer(nn.Module(), cfg.OUTPUT_DIR).has_checkpoint():
+            return  # nothing to resume: MODEL.WEIGHTS initialises the run as usual
+        cpu_cfg = cfg.clone()
+        cpu_cfg.defrost()
+        cpu_cfg.MODEL.DEVICE = "cpu"
+        model = super().build_model(cpu_cfg)
+        cls.build_checkpointer(cfg, model).check_resume()
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:

@@ -28,6 +28,7 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from ..data.json_file import read_json
 from ..data.panoptic_io import read_panoptic_rows
 from .fast_pq import PQCategories, PQStats, image_pq_stats, pq_average
 from .ground_truth import check_dataset_ground_truth
@@ -82,8 +83,9 @@ class FastPanopticEvaluator(DatasetEvaluator):
             check_dataset_ground_truth(dataset_name, max(self._num_workers, 1))
         elif not os.path.isfile(json_file):
             DatasetCatalog.get(dataset_name)  # generated datasets write their files on first use
-        with open(json_file) as f:
-            gt = json.load(f)
+        if not os.path.isfile(json_file):
+            raise FileNotFoundError(f"{dataset_name}: panoptic_json {json_file} does not exist")
+        gt = read_json(json_file, "panoptic json")
         self._categories = PQCategories(gt["categories"], json_file)
         self._gt = {ann["image_id"]: ann for ann in gt["annotations"]}
         self._gt_root = self._metadata.panoptic_root
@@ -305,8 +307,7 @@ class CheckedCOCOPanopticEvaluator(COCOPanopticEvaluator):
             with open(os.path.join(pred_dir, p["file_name"]), "wb") as f:
                 f.write(p["png_string"])
             annotations.append({k: v for k, v in p.items() if k != "png_string"})
-        with open(self._metadata.panoptic_json) as f:
-            json_data = json.load(f)
+        json_data = read_json(self._metadata.panoptic_json, "panoptic json")
         json_data["annotations"] = annotations
         predictions_json = os.path.join(self._output_dir or pred_dir, "predictions.json")
         with open(predictions_json, "w") as f:

@@ -18,7 +18,6 @@ The result dictionaries have panopticapi's layout (``"All"``, ``"Things"``, ``"S
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -30,6 +29,7 @@ import cv2
 import numpy as np
 
 from ..data.gt_checks import check_ground_truth
+from ..data.json_file import read_json
 from ..data.panoptic_io import index_map, read_panoptic_png, read_panoptic_rows
 from ..data.validation import category_problems
 
@@ -410,10 +410,8 @@ def pq_compute_fast(
     gt_folder = gt_folder or gt_json_file.replace(".json", "")
     if check_gt:
         check_ground_truth(gt_json_file, gt_folder, workers)
-    with open(gt_json_file) as f:
-        gt_json = json.load(f)
-    with open(pred_json_file) as f:
-        pred_json = json.load(f)
+    gt_json = read_json(gt_json_file, "ground-truth panoptic json")
+    pred_json = read_json(pred_json_file, "prediction json")
     pred_folder = pred_folder or pred_json_file.replace(".json", "")
     categories = PQCategories(gt_json["categories"], gt_json_file)
     preds = {a["image_id"]: a for a in pred_json["annotations"]}

@@ -11,7 +11,12 @@ config is as dangerous as a downloaded pickle, so every config panoptic_ext read
    numbers, booleans, null) and checked, so that each problem names the file it is in: a tag is
    refused with :class:`UnsafeConfigError` (file, line and tag), and an empty file, a file that is
    not a mapping, a malformed ``_BASE_``, a missing base file or a cycle get a ``ValueError`` /
-   ``FileNotFoundError`` naming the file;
+   ``FileNotFoundError`` naming the file; so do two structural traps of YAML, refused with
+   :class:`ConfigStructureError` naming the file and line: an alias (``*name``, also in a merge
+   key ``<<: *name``), because detectron2 hands the loaded dict to OmegaConf, which copies every
+   alias out: a few hundred bytes of nested aliases ("billion laughs") expand to gigabytes and
+   hang the run; and a key written twice in one mapping, which YAML silently resolves to the
+   last value (a second ``SOLVER:`` block drops the first one's keys);
 2. then detectron2 merges it (its ``_BASE_`` semantics and version upgrades) with
    ``allow_unsafe=False``, so fvcore cannot reach ``yaml.unsafe_load`` even for a file that changed
    in between.
@@ -28,7 +33,12 @@ from detectron2.utils.file_io import PathManager
 from fvcore.common.config import BASE_KEY
 from fvcore.common.config import CfgNode as FvcoreCfgNode
 
-__all__ = ["UnsafeConfigError", "merge_config_file", "read_config_chain"]
+__all__ = [
+    "ConfigStructureError",
+    "UnsafeConfigError",
+    "merge_config_file",
+    "read_config_chain",
+]
 
 _TAG_PROBLEM = re.compile(r"constructor for the tag '([^']*)'")
 _YAML_TAG_PREFIX = "tag:yaml.org,2002:"
@@ -50,6 +60,57 @@ class UnsafeConfigError(ValueError):
         return type(self), (self.filename, self.tag, self.line)
 
 
+class ConfigStructureError(ValueError):
+    """A config file uses a YAML alias or writes one key twice in a mapping."""
+
+    def __init__(self, filename: str, line: int, problem: str):
+        self.filename, self.line, self.problem = filename, line, problem
+        super().__init__(f"Refusing config {filename}, line {line}: {problem}")
+
+    def __reduce__(self):  # picklable across processes
+        return type(self), (self.filename, self.line, self.problem)
+
+
+class _StructureProblem(Exception):
+    """Raised inside the loader (which does not know the file name); carries line and text."""
+
+    def __init__(self, line: int, problem: str):
+        super().__init__(problem)
+        self.line, self.problem = line, problem
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases and keys repeated within one mapping."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _StructureProblem(
+                event.start_mark.line + 1,
+                f"the YAML alias '*{event.anchor}' is refused: aliases are expanded into copies "
+                "when detectron2 merges the config (OmegaConf), so nested aliases can grow a "
+                "small file into gigabytes; write the value out instead",
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key, line = key_node.value, key_node.start_mark.line + 1
+                if key in first_line:
+                    raise _StructureProblem(
+                        line,
+                        f"the key '{key}' is written twice in one mapping (first on line "
+                        f"{first_line[key]}); YAML would silently keep only the last one, so "
+                        "merge the two into one",
+                    )
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _short_tag(tag: str) -> str:
     return "!!" + tag[len(_YAML_TAG_PREFIX) :] if tag.startswith(_YAML_TAG_PREFIX) else tag
 
@@ -58,7 +119,9 @@ def _safe_load(filename: str) -> dict[str, Any]:
     """One file, plain YAML only; the result must be a mapping."""
     try:
         with PathManager.open(filename, "r") as f:  # as detectron2 opens it
-            loaded = yaml.safe_load(f)
+            loaded = yaml.load(f, Loader=_PlainLoader)  # noqa: S506 (a SafeLoader)
+    except _StructureProblem as e:
+        raise ConfigStructureError(filename, e.line, e.problem) from None
     except yaml.constructor.ConstructorError as e:
         found = _TAG_PROBLEM.search(e.problem or "")
         tag = _short_tag(found.group(1)) if found else "<unknown>"
@@ -93,6 +156,7 @@ def read_config_chain(filename: str, _seen: tuple[str, ...] = ()) -> list[str]:
         every file of the chain, bases before the files that name them.
     Raises:
         UnsafeConfigError: a file holds a YAML tag (named with its line and the tag).
+        ConfigStructureError: a file holds an alias or a key written twice in one mapping.
         FileNotFoundError: the file or a base is missing (named with the file naming it).
         ValueError: empty / non-mapping / invalid YAML, a ``_BASE_`` that is not a path or a list
             of paths, or a cycle of bases.

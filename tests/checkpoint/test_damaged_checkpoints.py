@@ -22,7 +22,7 @@ DAMAGE = {
     "directory": r"it is a directory, not a checkpoint file",
     "html": r"it is an HTML/XML page \(\d+ bytes\), not a checkpoint",
     "lfs": r"it is a Git LFS pointer \(\d+ bytes\).*git lfs pull",
-    "garbage": r"not a valid checkpoint \(UnpicklingError",
+    "garbage": r"not a valid checkpoint: neither a torch.save archive nor a readable pickle",
     "missing": r"no such file",
 }
 

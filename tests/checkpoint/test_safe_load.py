@@ -13,7 +13,7 @@ from helpers import REPO
 from torch import nn
 
 from panoptic_ext.checkpoint import SafeCheckpointer, UnsafeCheckpointError, load_checkpoint_file
-from panoptic_ext.checkpoint.safe_load import TRUST_ENV_VAR
+from panoptic_ext.checkpoint.safe_load import TRUST_ENV_VAR, PlainPickleCheckpointError
 from panoptic_ext.engine.hooks import ExactResumeHook
 
 
@@ -189,3 +189,49 @@ def test_checkpoint_restores_every_training_state(tmp_path):
     momentum2 = [s["momentum_buffer"] for s in trainer2.optimizer.state.values()]
     assert len(momentum) == 6 and all(torch.equal(a, b) for a, b in zip(momentum, momentum2))
     assert torch.equal(torch.rand(3), expected_rng)
+
+
+# ------------------------------------------------------------- plain pickles (not torch.save)
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_plain_pickle_of_tensors_says_what_it_is(tmp_path, protocol):
+    """``pickle.dump(model.state_dict())`` saved as .pth: was "not a valid checkpoint
+    (UnpicklingError)"; now named as a plain pickle of tensors, with how to convert it."""
+    path = str(tmp_path / "plain.pth")
+    state = _tiny_model().state_dict()
+    with open(path, "wb") as f:
+        pickle.dump(state, f, protocol=protocol)
+    with pytest.raises(PlainPickleCheckpointError) as err:
+        load_checkpoint_file(path)
+    msg = str(err.value)
+    assert f"'{path}': it is a plain Python pickle of tensors (written with pickle.dump" in msg
+    assert "torch.save(pickle.load(open(" in msg and "CHECKPOINT.TRUST_PICKLE True" in msg
+    assert isinstance(err.value, UnsafeCheckpointError)  # never skipped as "damaged"
+    loaded = load_checkpoint_file(path, trust=True)  # trusted: read with pickle itself
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_raw_payload_is_unsafe_not_damaged(tmp_path, protocol):
+    """A bare pickle payload under a checkpoint's name (no torch.save container)."""
+    marker = tmp_path / "pwned"
+    path = str(tmp_path / "model_0000001.pth")
+    with open(path, "wb") as f:
+        pickle.dump({"model": _CreatesFile(marker)}, f, protocol=protocol)
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(
+            f"'{path}': it is a plain pickle (not a torch.save checkpoint) and it references "
+            "the global '")) as err:  # fmt: skip
+        load_checkpoint_file(path)
+    assert err.value.offending.endswith(".system") and not marker.exists()
+    assert not isinstance(err.value, PlainPickleCheckpointError)
+
+
+def test_plain_pickle_of_numpy_and_legacy_torch_save_load(tmp_path):
+    """Plain data and numpy arrays need no code: they load like a model-zoo .pkl; torch.save's
+    legacy (non-zip) format still goes through torch's weights_only loader."""
+    numpy_file, legacy = str(tmp_path / "np.pth"), str(tmp_path / "legacy.pth")
+    with open(numpy_file, "wb") as f:
+        pickle.dump({"model": {"w": np.arange(3.0)}, "step": 7}, f)
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    loaded = load_checkpoint_file(numpy_file)
+    assert loaded["step"] == 7 and np.array_equal(loaded["model"]["w"], np.arange(3.0))
+    assert torch.equal(load_checkpoint_file(legacy)["w"], torch.ones(2))

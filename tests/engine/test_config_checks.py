@@ -3,7 +3,9 @@
 import pytest
 from helpers import load_cfg
 
+from panoptic_ext.engine.checks import check_class_counts
 from panoptic_ext.engine.config_checks import check_config_values, check_stuff_area_limit
+from panoptic_ext.engine.launch import register_config_datasets
 
 
 def _cfg(name="panoptic_fpn_synthetic.yaml", *opts):
@@ -48,3 +50,31 @@ def test_stuff_area_limit_against_the_largest_image(name, key):
     assert warning.startswith(f"{key} = 3841 is larger than every image of d (the largest is "
                               "64x60 = 3840 pixels)")  # fmt: skip
     assert check_stuff_area_limit(_cfg("semantic_fpn_synthetic.yaml"), records, "d") is None
+
+
+@pytest.mark.parametrize(
+    "name, refused",
+    [("panoptic_fpn_synthetic.yaml", True), ("panet_synthetic.yaml", True),
+     ("semantic_fpn_synthetic.yaml", False)],
+)  # fmt: skip
+def test_roi_heads_without_a_thing_class_are_refused_naming_the_key(name, refused):
+    """A stuff-only dataset gives ROI_HEADS.NUM_CLASSES 0, which detectron2's box head cannot
+    take (a reshape error at the first image); semantic models do not read the key."""
+    cfg = load_cfg(f"quick_schedules/{name}", "MODEL.ROI_HEADS.NUM_CLASSES", 0,
+                   "DATASETS.TRAIN", (), "DATASETS.TEST", ())  # fmt: skip
+    if not refused:
+        check_class_counts(cfg)
+        return
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NUM_CLASSES = 0: .* needs at least one"):
+        check_class_counts(cfg)
+
+
+def test_register_panoptic_entries_twice_only_when_identical(tmp_path):
+    entry = ("mine", str(tmp_path / "img"), str(tmp_path / "png"), str(tmp_path / "a.json"))
+    cfg = load_cfg("quick_schedules/panoptic_fpn_synthetic.yaml",
+                   "DATASETS.REGISTER_PANOPTIC", [entry, entry])  # fmt: skip
+    assert register_config_datasets(cfg) == ["mine"]
+    other = (*entry[:3], str(tmp_path / "b.json"))
+    cfg.DATASETS.REGISTER_PANOPTIC = [entry, other]
+    with pytest.raises(ValueError, match=r"registers the dataset 'mine' twice .*a\.json.*b\.json"):
+        register_config_datasets(cfg)

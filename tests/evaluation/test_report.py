@@ -9,12 +9,15 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from helpers import (
     KEEP_ALL_DETECTIONS_OPTS,
     REPO,
     TINY_OPTS,
+    build_tiny_model,
     config_path,
+    load_cfg,
     load_script,
     register_tiny,
 )
@@ -62,10 +65,14 @@ def test_report_json_table_and_plots(tmp_path, caplog):
 
 def test_train_net_logs_the_per_class_table_to_console_and_log_txt(tmp_path):
     out = tmp_path / "out"
+    # A complete (random-init) checkpoint: --eval-only refuses empty MODEL.WEIGHTS.
+    cfg = load_cfg("quick_schedules/panoptic_fpn_synthetic.yaml", *TINY_OPTS)
+    weights = str(tmp_path / "random_init.pth")
+    torch.save({"model": build_tiny_model(cfg).state_dict()}, weights)
     argv = [sys.executable, os.path.join(REPO, "train_net.py"), "--eval-only",
             "--config-file", config_path("quick_schedules/panoptic_fpn_synthetic.yaml"),
             *map(str, TINY_OPTS), *map(str, KEEP_ALL_DETECTIONS_OPTS), "TEST.EVALUATORS",
-            "['panoptic']", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(out)]  # fmt: skip
+            "['panoptic']", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(out)]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=REPO)
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]

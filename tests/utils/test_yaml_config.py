@@ -14,7 +14,11 @@ from helpers import REPO, config_path, load_script
 
 from panoptic_ext.config import build_cfg
 from panoptic_ext.model_zoo import list_configs
-from panoptic_ext.utils.yaml_config import UnsafeConfigError, read_config_chain
+from panoptic_ext.utils.yaml_config import (
+    ConfigStructureError,
+    UnsafeConfigError,
+    read_config_chain,
+)
 
 QUICK = config_path("quick_schedules/panoptic_fpn_synthetic.yaml")
 ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
@@ -171,3 +175,53 @@ def test_every_entry_point_refuses_a_tagged_base_chain(tmp_path):
         assert proc.returncode != 0, f"{name} exited 0:\n{out[-2000:]}"
         assert _refusal(middle).search(out), f"{name}:\n{out[-2000:]}"
     assert not marker.exists()
+
+
+# -------------------------------------------------------------- aliases and repeated keys
+def _write(folder, name: str, text: str) -> str:
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_alias_bomb_is_refused_at_once_naming_file_and_line(tmp_path):
+    """Nine levels of nine aliases: ~800 bytes that OmegaConf would expand to 9**9 strings."""
+    levels = ['TRAIN: &l0 ["a", "a", "a", "a", "a", "a", "a", "a", "a"]']
+    levels += [f"L{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    text = f"_BASE_: {QUICK}\nDATASETS:\n" + "".join(f"  {line}\n" for line in levels)
+    bomb = _write(tmp_path, "bomb.yaml", text)
+    message = f"{bomb}, line 4: the YAML alias '*l0' is refused"
+    with pytest.raises(ConfigStructureError, match=re.escape(message)) as err:
+        build_cfg(bomb, [])
+    assert (err.value.filename, err.value.line) == (bomb, 4)
+
+
+def test_merge_key_alias_in_a_base_is_named_with_the_base(tmp_path):
+    base = _write(tmp_path, "base.yaml", f"_BASE_: {QUICK}\nX: &x {{A: 1}}\nSOLVER:\n  <<: *x\n")
+    top = _write(tmp_path, "top.yaml", "_BASE_: base.yaml\n")
+    with pytest.raises(ConfigStructureError, match=re.escape(f"{base}, line 4: the YAML alias")):
+        read_config_chain(top)
+
+
+@pytest.mark.parametrize(
+    "text, line, key, first",
+    [
+        ("SOLVER:\n  MAX_ITER: 5\nSEED: 1\nSOLVER:\n  BASE_LR: 0.1\n", 4, "SOLVER", 1),
+        ("SOLVER:\n  MAX_ITER: 5\n  BASE_LR: 0.1\n  MAX_ITER: 7\n", 4, "MAX_ITER", 2),
+    ],
+    ids=["top_level", "nested"],
+)
+def test_key_written_twice_is_refused_naming_both_lines(tmp_path, text, line, key, first):
+    path = _write(tmp_path, "dup.yaml", f"_BASE_: {QUICK}\n" + text)
+    message = f"{path}, line {line + 1}: the key '{key}' is written twice in one mapping " \
+              f"(first on line {first + 1})"  # fmt: skip
+    with pytest.raises(ConfigStructureError, match=re.escape(message)):
+        build_cfg(path, [])
+
+
+def test_same_key_in_different_mappings_and_anchors_without_alias_are_fine(tmp_path):
+    path = _write(tmp_path, "ok.yaml", f"_BASE_: {QUICK}\nSOLVER:\n  MAX_ITER: 3\n"
+                  "TEST:\n  EVAL_PERIOD: 3\nSEED: &s 5\n")  # fmt: skip
+    cfg = build_cfg(path, [])
+    assert (cfg.SOLVER.MAX_ITER, cfg.TEST.EVAL_PERIOD, cfg.SEED) == (3, 3, 5)

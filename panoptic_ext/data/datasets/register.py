@@ -19,6 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 
 from ..json_checks import check_categories, read_panoptic_json
+from ..json_file import read_json
 from ..metadata import metadata_from_categories
 from .lazy_metadata import set_lazy_metadata
 
@@ -142,14 +143,14 @@ def read_categories(panoptic_json: str) -> list[dict[str, Any]]:
     layout falls back to reading the whole JSON.
 
     Raises:
-        FileNotFoundError: naming the file; ValueError: naming it when it has no ``categories``.
+        FileNotFoundError: naming the file; ValueError (:class:`~panoptic_ext.data.json_file.
+        JsonFileError` for an empty or invalid file): naming it when it has no ``categories``.
     """
     if not os.path.isfile(panoptic_json):
         raise FileNotFoundError(f"panoptic json not found: {panoptic_json}")
     categories = _categories_from_tail(panoptic_json)
     if categories is None:
-        with open(panoptic_json) as f:
-            data = json.load(f)
+        data = read_json(panoptic_json, "panoptic json")
         if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
             raise ValueError(f"{panoptic_json}: no 'categories' list at the top level")
         categories = data["categories"]
