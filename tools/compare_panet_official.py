@@ -55,29 +55,31 @@ Compared per image, in eval mode (max abs, and max relative = max abs / max |off
   ``box_results_with_nms_and_limit``) applied to OUR per-proposal outputs must give the official
   detections one to one: this separates model differences from post-processing conventions.
 
-Known differences, all in the conventions of Detectron vs detectron2 around the network (not
-in the network): they are reported, and explained here.
+Box conventions. Detectron's boxes are pixel indices (x2 = last pixel, widths x2 - x1 + 1),
+detectron2's continuous (x2 = one past it): the same box is (x1, y1, x2 + 1, y2 + 1) in ours.
+Detectron's "+1" decoding, NMS IoU and COCO widths are detectron2's continuous arithmetic on
+such boxes; what differs is where the RoIAligns sample. The official configs therefore set
+``MODEL.PANET.POOL_PIXEL_INDEX_BOXES`` (ours pools (x1, y1, x2 - 1, y2 - 1), the numbers
+Detectron pools) and ``DetectronAnchorGenerator`` with ``OFFSET 0.5`` (Detectron's rounded
+anchor shapes and centres). With them, ours is given the official proposals as
+(x1, y1, x2 + 1, y2 + 1) and its final detections are compared with the official ones
++ (0, 0, 1, 1); the ``anchors`` rows are checked. Without them (``KEY VALUE`` overrides), the
+proposal numbers are given unchanged and the differences below appear; they are reported:
 
-* box decoding: Detectron's boxes are pixel-index boxes (width x2 - x1 + 1, decoded x2 gets
-  -1), detectron2's are continuous (width x2 - x1). On the same proposal numbers (which the
-  RoIAligns must see to pool the same features) the decodings differ by
-  ``0.5 * (exp(dw) - 1) + dx`` pixels per side (up to ~1 px), and Detectron clips to
-  [0, W - 1] where detectron2 clips to [0, W] (exactly 1 px at the right/bottom borders):
-  ``box decode+clip``. ``box decode, +1 conv.`` decodes ours on the proposals converted to the
-  continuous convention (x2 + 1, y2 + 1) vs official + (0, 0, 1, 1), unclipped: float rounding;
-* NMS: Detectron's IoU has "+1" widths and suppresses at IoU >= 0.5, detectron2's (torchvision)
-  is continuous and suppresses at IoU > 0.5; on boxes ~1 px apart, pairs near IoU 0.5 can be
-  decided differently, which also shifts the 100-detection cut; detectron2 drops empty boxes
-  (``detector_postprocess``), Detectron keeps its 1-px-wide boxes. Unmatched final detections
-  come with a hint (their largest IoU with a higher-scored detection of their class, or the
-  detection cut); the replay shows whether the model outputs are the same;
-* masks: Detectron pastes a mask with ``cv2.resize`` into the integer box + 1 px padding,
-  detectron2 with ``grid_sample`` into the float box: the pasted masks of noisy random-weight
-  mask logits overlap at IoU ~0.9 (the 28x28 mask probabilities are compared exactly above);
-* proposals: each model's RPN has its own anchors. Detectron's are centred at
-  ``(stride - 1) / 2`` in pixel indices (= ``stride / 2`` continuous; detectron2's OFFSET 0.0
-  centres them at 0) and its non-square shapes are rounded (e.g. 48x24 instead of 45.3x22.6 at
-  P2); ``anchors`` reports both per level (first location). This is why the final detections
+* ``box decode+clip`` (info): on the same numbers the decodings differ by
+  ``0.5 * (exp(dw) - 1) + dx`` px per side (up to ~1 px), and Detectron clips to [0, W - 1]
+  where detectron2 clips to [0, W]; ``box decode, +1 conv.`` is the convention-corrected
+  decoding (ours on (x1, y1, x2 + 1, y2 + 1) vs official + (0, 0, 1, 1)): float rounding;
+* NMS: Detectron suppresses at IoU >= 0.5, torchvision at IoU > 0.5 (ties only); detectron2
+  drops empty boxes (``detector_postprocess``), Detectron keeps 1-px-wide ones. An unmatched
+  final detection comes with a hint (its largest IoU with a higher-scored detection of its
+  class, or the detection cut); the replay shows whether the model outputs are the same;
+* masks (always, reported only): Detectron pastes a mask with ``cv2.resize`` into the integer
+  box + 1 px padding, detectron2 with ``grid_sample`` into the float box: the pasted masks of
+  noisy random-weight mask logits overlap at IoU ~0.9 (the 28x28 mask probabilities are
+  compared exactly above);
+* anchors (with detectron2's generator): centred at 0 (OFFSET 0.0) instead of stride / 2, and
+  exact non-square shapes (45.3x22.6 instead of 48x24 at P2). This is why the final detections
   use the official proposals on both sides.
 
 Tolerances: relative 1e-3 for what runs through the ResNet trunk (input, neck, RPN outputs,
@@ -873,6 +875,28 @@ def _boxes(b: np.ndarray) -> Any:
     return Boxes(torch.as_tensor(np.asarray(b), dtype=torch.float32))
 
 
+def pixel_index_pooling(models: Models) -> bool:
+    """Whether our ROI heads pool Detectron's pixel-index coordinates
+    (``MODEL.PANET.POOL_PIXEL_INDEX_BOXES``, set by the official configs)."""
+    return bool(getattr(models.ours.roi_heads.box_pooler, "pixel_index_boxes", False))
+
+
+def as_ours(models: Models, boxes: np.ndarray) -> np.ndarray:
+    """Official (pixel-index) boxes as the boxes ours must be given to pool the same numbers:
+    (x1, y1, x2 + 1, y2 + 1) with pixel-index pooling, unchanged otherwise."""
+    if not pixel_index_pooling(models):
+        return boxes
+    return boxes + np.array([0, 0, 1, 1], dtype=boxes.dtype)
+
+
+def official_in_ours(models: Models, dets: list[Detection]) -> list[Detection]:
+    """Official final detections in the convention of ours (see :func:`as_ours`)."""
+    if not pixel_index_pooling(models):
+        return dets
+    shift = np.array([0.0, 0.0, 1.0, 1.0])
+    return [Detection(d.cls, d.score, d.box + shift, d.mask, d.proposal) for d in dets]
+
+
 def _clip_per_class(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(M, 4K) boxes clipped to [0, w] x [0, h] (detectron2's ``Boxes.clip``)."""
     b = boxes.reshape(len(boxes), -1, 4).clone()
@@ -893,7 +917,8 @@ def compare_heads(models: Models, run: OfficialRun, boxes: np.ndarray, size: tup
     with cpu_cuda_calls():
         feat_b = theirs.Box_Head(list(blobs), {"rois": rois})
         prob_b, delta_b = theirs.Box_Outs(feat_b)
-    feat_a = roi.box_head(roi.box_pooler([feats[f] for f in roi.box_in_features], [_boxes(boxes)]))
+    ours_boxes = [_boxes(as_ours(models, boxes))]
+    feat_a = roi.box_head(roi.box_pooler([feats[f] for f in roi.box_in_features], ours_boxes))
     logits_a, delta_a = roi.box_predictor(feat_a)
     prob_b = torch.cat([prob_b[:, 1:], prob_b[:, :1]], 1)  # background first -> last
     rows = [
@@ -925,7 +950,7 @@ def compare_heads(models: Models, run: OfficialRun, boxes: np.ndarray, size: tup
         with cpu_cuda_calls():
             mask_b = theirs.mask_net(list(blobs), {"mask_rois": rois})
         mask_feats = [feats[f] for f in roi.mask_in_features]
-        mask_a = roi.mask_head.layers(roi.mask_pooler(mask_feats, [_boxes(boxes)])).sigmoid()
+        mask_a = roi.mask_head.layers(roi.mask_pooler(mask_feats, ours_boxes)).sigmoid()
         rows.append(diff_row("mask probs", mask_a, mask_b[:, 1:], HEAD_RTOL))
     return rows
 
@@ -949,7 +974,7 @@ def our_detect(models: Models, images: Any, feats: dict, rois: np.ndarray, size:
 
     roi = models.ours.roi_heads
     h, w = size
-    prop = Instances((h, w), proposal_boxes=_boxes(rois[:, 1:5]))
+    prop = Instances((h, w), proposal_boxes=_boxes(as_ours(models, rois[:, 1:5])))
     x = roi.box_pooler([feats[f] for f in roi.box_in_features], [prop.proposal_boxes])
     predictions = roi.box_predictor(roi.box_head(x))
     instances, kept = roi.box_predictor.inference(predictions, [prop])
@@ -1028,15 +1053,17 @@ def explain_unmatched(
 
 def anchor_rows(models: Models, feats: dict) -> list[Row]:
     """Per level: our anchors at the first location vs the official ones in continuous
-    coordinates (x2 + 1, y2 + 1); reported only (the conventions differ, module docstring)."""
+    coordinates (x2 + 1, y2 + 1). Checked when ours is ``DetectronAnchorGenerator`` (the official
+    configs), reported only for detectron2's anchors (module docstring)."""
     rpn = models.ours.proposal_generator
     ours = rpn.anchor_generator([feats[f] for f in rpn.in_features])
+    rtol = HEAD_RTOL if type(rpn.anchor_generator).__name__ == "DetectronAnchorGenerator" else None
     rows = []
     gens = models.theirs.RPN.GenerateProposals_modules
     for lvl, (gen, f) in enumerate(zip(gens, rpn.in_features)):
         cell = torch.as_tensor(gen._anchors, dtype=torch.float64) + torch.tensor([0, 0, 1.0, 1.0])
         a = ours[lvl].tensor[: len(cell)].double()
-        row = diff_row(f"anchors {f} (px)", a, cell, None)
+        row = diff_row(f"anchors {f} (px)", a, cell, rtol)
         ctr = float(((a[:, :2] + a[:, 2:]) / 2 - (cell[:, :2] + cell[:, 2:]) / 2).abs().max())
         side = float(((a[:, 2:] - a[:, :2]) - (cell[:, 2:] - cell[:, :2])).abs().max())
         row.note = f"centres differ by {ctr:.2f} px, sides by up to {side:.2f} px"
@@ -1102,7 +1129,7 @@ def compare_image(
         )
     )
     tol = FINAL_TOLERANCE.score_atol
-    final = match_detections(ours.detections, run.detections, tol)
+    final = match_detections(ours.detections, official_in_ours(models, run.detections), tol)
     replayed = official_postprocess(models, ours.probs, ours.deltas, run.rois, size)
     replay = match_detections(replayed, run.detections, tol)
     ious = [

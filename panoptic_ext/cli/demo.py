@@ -379,8 +379,14 @@ def _single_image_output(args: argparse.Namespace, inputs: list[DemoInput]) -> b
 
 
 def _probe_folder(folder: str, option: str) -> None:
-    """Create ``folder`` and write a file there, so that a read-only, full or forbidden output
-    stops the run before the model is built (naming the option and the folder)."""
+    """Write a file in ``folder`` (created for the probe, then removed again if it was new), so
+    that a read-only, full or forbidden output stops the run before the model is built (naming
+    the option and the folder), and a run refused later leaves no empty folder behind."""
+    created = []
+    parent = os.path.abspath(folder)
+    while not os.path.exists(parent):
+        created.append(parent)
+        parent = os.path.dirname(parent)
     try:
         with reporting_write_errors(folder):
             os.makedirs(folder, exist_ok=True)
@@ -389,6 +395,19 @@ def _probe_folder(folder: str, option: str) -> None:
                 f.flush()
     except OutputWriteError as e:
         raise OutputWriteError(f"{option} {folder}", e) from e
+    finally:
+        for path in created:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
+def _make_output_folders(args: argparse.Namespace, inputs: list[DemoInput]) -> None:
+    """Create the output folders once the model is built and the run starts writing."""
+    for paths in _planned_outputs(args, inputs).values():
+        for path in paths:
+            folder = os.path.dirname(os.path.abspath(path))
+            with reporting_write_errors(folder):
+                os.makedirs(folder, exist_ok=True)
 
 
 def _planned_outputs(args: argparse.Namespace, inputs: list[DemoInput]) -> dict[str, list[str]]:
@@ -568,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor, metadata, _ = build_predictor(
             args, check=lambda metadata, name: _check_outputs(args, name, metadata)
         )
+        _make_output_folders(args, inputs)
         if args.video_input:
             return _run_video(args, predictor, metadata)
         return _run_images(args, inputs, predictor, metadata)

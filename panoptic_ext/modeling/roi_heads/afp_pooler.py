@@ -18,21 +18,32 @@ __all__ = ["AdaptiveFeaturePooler"]
 class AdaptiveFeaturePooler(nn.Module):
     """Pools every box from every feature level: one RoIAlign call per level, no per-box loop."""
 
-    def __init__(self, level_poolers: nn.ModuleList, output_size: tuple[int, int]):
+    def __init__(
+        self,
+        level_poolers: nn.ModuleList,
+        output_size: tuple[int, int],
+        pixel_index_boxes: bool = False,
+    ):
         """
         Args:
             level_poolers: one RoI op per level (e.g. ``ROIAlign(aligned=True)`` = "ROIAlignV2"),
                 each with the spatial scale of its level, high to low resolution.
             output_size: (R, R) pooled size.
+            pixel_index_boxes: pool each box at (x1, y1, x2 - 1, y2 - 1): the numbers Detectron
+                pools for the same box, since its boxes are pixel indices (x2 is the last pixel)
+                where detectron2's are continuous (x2 is one past it).
         """
         super().__init__()
         self.level_poolers = level_poolers
         self.output_size = output_size
+        self.pixel_index_boxes = pixel_index_boxes
 
     @classmethod
-    def from_roi_pooler(cls, pooler: ROIPooler) -> "AdaptiveFeaturePooler":
+    def from_roi_pooler(
+        cls, pooler: ROIPooler, pixel_index_boxes: bool = False
+    ) -> "AdaptiveFeaturePooler":
         """Reuse the per-level RoI ops (type, scales, sampling ratio) of a detectron2 pooler."""
-        return cls(pooler.level_poolers, pooler.output_size)
+        return cls(pooler.level_poolers, pooler.output_size, pixel_index_boxes)
 
     def forward(self, x: list[torch.Tensor], box_lists: list[Boxes]) -> torch.Tensor:
         """
@@ -50,6 +61,8 @@ class AdaptiveFeaturePooler(nn.Module):
         if len(box_lists) == 0:
             return x[0].new_zeros((len(x), 0, x[0].shape[1], *self.output_size))
         rois = convert_boxes_to_pooler_format(box_lists)
+        if self.pixel_index_boxes:
+            rois = rois - rois.new_tensor([0.0, 0.0, 0.0, 1.0, 1.0])
         return torch.stack(
             [_pool(pooler, feat, rois) for pooler, feat in zip(self.level_poolers, x)]
         )

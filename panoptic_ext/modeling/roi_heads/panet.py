@@ -56,6 +56,12 @@ def add_panet_config(cfg: CfgNode) -> None:
             "FF_FROM_CONV": 3,
             # ReLU on the FF fc output (official code) instead of none (paper).
             "FF_RELU": False,
+            # Pool each box at (x1, y1, x2 - 1, y2 - 1), as Detectron (the official code) does:
+            # its boxes are pixel indices (x2 = last pixel), detectron2's continuous (x2 = one
+            # past it). With it, official weights see the features they were trained on; box
+            # decoding, clipping and NMS on detectron2's continuous boxes then equal Detectron's
+            # "+1" arithmetic (widths x2 - x1 + 1), so the detections are the official ones.
+            "POOL_PIXEL_INDEX_BOXES": False,
         },
     )
 
@@ -66,6 +72,15 @@ def _check_afp_head(head: object, key: str, name: str) -> None:
         raise ValueError(
             f"MODEL.PANET.AFP needs a PANet head (PANetBoxHead / PANetMaskHead) but {key} is "
             f"{name!r}; set MODEL.PANET.AFP False to use it with PANetROIHeads"
+        )
+
+
+def _check_pixel_index_pooling(cfg: CfgNode) -> None:
+    """Pixel-index pooling is a setting of the adaptive feature poolers."""
+    if cfg.MODEL.PANET.POOL_PIXEL_INDEX_BOXES and not cfg.MODEL.PANET.AFP:
+        raise ValueError(
+            "MODEL.PANET.POOL_PIXEL_INDEX_BOXES needs MODEL.PANET.AFP True (it is applied by the "
+            "adaptive feature poolers)"
         )
 
 
@@ -82,9 +97,12 @@ class PANetROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         ret = super()._init_box_head(cfg, input_shape)
+        _check_pixel_index_pooling(cfg)
         if cfg.MODEL.PANET.AFP:
             _check_afp_head(ret["box_head"], "MODEL.ROI_BOX_HEAD.NAME", cfg.MODEL.ROI_BOX_HEAD.NAME)
-            ret["box_pooler"] = AdaptiveFeaturePooler.from_roi_pooler(ret["box_pooler"])
+            ret["box_pooler"] = AdaptiveFeaturePooler.from_roi_pooler(
+                ret["box_pooler"], cfg.MODEL.PANET.POOL_PIXEL_INDEX_BOXES
+            )
         return ret
 
     @classmethod
@@ -100,5 +118,7 @@ class PANetROIHeads(StandardROIHeads):
             _check_afp_head(
                 ret["mask_head"], "MODEL.ROI_MASK_HEAD.NAME", cfg.MODEL.ROI_MASK_HEAD.NAME
             )
-            ret["mask_pooler"] = AdaptiveFeaturePooler.from_roi_pooler(ret["mask_pooler"])
+            ret["mask_pooler"] = AdaptiveFeaturePooler.from_roi_pooler(
+                ret["mask_pooler"], cfg.MODEL.PANET.POOL_PIXEL_INDEX_BOXES
+            )
         return ret

@@ -295,3 +295,21 @@ def test_fuse_before_first_layer_keeps_detectron2_names():
     x = torch.randn(4, 5, 8, 7, 7)
     expected = F.relu(head.fc2(F.relu(head.fc1(x.amax(0).flatten(1)))))
     torch.testing.assert_close(head(x), expected)
+
+
+def test_pixel_index_pooling_pools_detectron_coordinates():
+    """POOL_PIXEL_INDEX_BOXES: a continuous box (x1, y1, x2, y2) is pooled at (x1, y1, x2-1, y2-1),
+    the numbers Detectron pools for the same box (its x2 is the last pixel)."""
+    feats = [f for f in _features(1).values()]
+    ops = torch.nn.ModuleList(ROIAlign((7, 7), 1.0 / s, 2, aligned=False) for s in STRIDES.values())
+    boxes = _boxes(5)
+    shifted = Boxes(boxes.tensor - torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    detectron = AdaptiveFeaturePooler(ops, (7, 7), pixel_index_boxes=True)(feats, [boxes])
+    plain = AdaptiveFeaturePooler(ops, (7, 7))
+    torch.testing.assert_close(detectron, plain(feats, [shifted]), rtol=0, atol=0)
+    assert not torch.equal(detectron, plain(feats, [boxes]))
+    with pytest.raises(ValueError, match="POOL_PIXEL_INDEX_BOXES needs MODEL.PANET.AFP True"):
+        build_roi_heads(
+            _panet_cfg("MODEL.PANET.AFP", False, "MODEL.PANET.POOL_PIXEL_INDEX_BOXES", True),
+            {k: ShapeSpec(channels=64, stride=s) for k, s in STRIDES.items()},
+        )
