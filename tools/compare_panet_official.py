@@ -124,7 +124,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from panoptic_ext.evaluation.output_compare import Tolerance  # noqa: E402
+from panoptic_ext.evaluation.compare import Tolerance  # noqa: E402
 from panoptic_ext.modeling.roi_heads.panet_official_keys import (  # noqa: E402
     convert_panet_official_state_dict,
 )

@@ -37,8 +37,9 @@ only supports batch 1); with ``--our-batch`` ours runs all images as ONE batch. 
 image: intermediates via forward hooks (backbone P2-P7, encoded feature, position-head and
 kernel-head maps per level; fail above ``INTERMEDIATE_RTOL`` relative; the embedded thing
 kernels are reported only, their order depends on score ties) and the outputs through
-``panoptic_ext.evaluation.output_compare`` (segments matched one to one, scores within 1e-4,
->= 99.99 % pixels, instance counts/classes/scores, sem_seg within 1e-4). Exit status 1 when any
+``panoptic_ext.evaluation.compare`` at ``PARITY_TOLERANCE`` (segments matched one to one,
+scores within 1e-4, >= 99.99 % pixels, instances matched by class, score and mask, sem_seg
+within 1e-4). Exit status 1 when any
 image differs beyond the tolerances (or the official code raises).
 
 Timing (``--time``): after ``--warmup`` rounds, ``--repeats`` rounds in which the official model
@@ -95,12 +96,11 @@ from panoptic_ext.checkpoint.safe_load import load_checkpoint_file  # noqa: E402
 from panoptic_ext.cli.convert_panoptic_fcn_official import panoptic_fcn_cpu_config  # noqa: E402
 from panoptic_ext.data import PanopticDatasetMapper  # noqa: E402
 from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
-from panoptic_ext.evaluation.output_compare import (  # noqa: E402, F401 (re-exported)
-    Comparison,
+from panoptic_ext.evaluation.compare import (  # noqa: E402
+    PARITY_TOLERANCE,
     Tolerance,
-    compare_outputs,
+    compare_results,
     describe_segment,
-    match_segments,
 )
 from panoptic_ext.modeling.panoptic_fcn.official_keys import (  # noqa: E402
     OFFICIAL_CONFIG_KEYS,
@@ -508,10 +508,10 @@ PARITY_HEADER = (
 def run_parity(models: Models, inputs: list[dict], our_batch: bool) -> int:
     """Compare both models image by image (table on stdout); returns the number that differ."""
     rec_a, rec_b = _recorders(models)
-    tol = Tolerance()
+    tol = PARITY_TOLERANCE
     print(
-        f"\ntolerances: score {tol.score_atol}, sem_seg {tol.sem_seg_atol}, pixel agreement "
-        f">= {tol.min_pixel_agreement}, intermediates relative {INTERMEDIATE_RTOL}"
+        f"\ntolerances: score {tol.score_atol}, sem_seg {tol.value_rtol}, pixel agreement "
+        f">= {tol.pixel_agreement}, intermediates relative {INTERMEDIATE_RTOL}"
     )
     print(PARITY_HEADER + "\n" + "-" * len(PARITY_HEADER))
     batch_out, batch_rec = None, None
@@ -544,16 +544,20 @@ def run_parity(models: Models, inputs: list[dict], our_batch: bool) -> int:
 def _parity_row(item: dict, out_a: dict, out_b: dict, inter: list, tol: Tolerance) -> bool:
     """Print one image's row (and its problems); True when it agrees."""
     worst = max((r for r in inter if r[3]), key=lambda r: r[2], default=("-", 0, 0, 1))
-    res = compare_outputs(out_a, out_b, tol)
+    res = compare_results(out_b, out_a, tol)  # the official outputs are the reference
     problems = list(res.problems)
     if worst[2] > INTERMEDIATE_RTOL:
         problems.append(f"intermediate {worst[0]} relative difference {worst[2]:.3g}")
     size = "x".join(map(str, item["image"].shape[-2:]))
+    fig = res.figures
+    score = max(fig.get("segment_score_max_diff", 0.0), fig.get("instance_score_max_diff", 0.0))
     print(
-        f"{item['name']:<22}{size:>10}{res.num_segments[0]:>4}/{res.num_segments[1]:<4}"
-        f"{res.num_matched:>6}{res.num_instances[0]:>4}/{res.num_instances[1]:<4}"
-        f"{res.pixel_agreement:>11.6f}{res.max_score_diff:>11.2e}"
-        f"{res.sem_seg_max_diff:>10.2e}{worst[2]:>11.2e}  " + ("OK" if not problems else "DIFF")
+        f"{item['name']:<22}{size:>10}{fig['segments_actual']:>4.0f}/{fig['segments']:<4.0f}"
+        f"{fig['segments_matched']:>6.0f}"
+        f"{fig.get('instances_actual', 0):>4.0f}/{fig.get('instances', 0):<4.0f}"
+        f"{fig['panoptic_agreement']:>11.6f}{score:>11.2e}"
+        f"{fig.get('sem_seg_max_rel_diff', 0.0):>10.2e}{worst[2]:>11.2e}  "
+        + ("OK" if not problems else "DIFF")
     )
     for p in problems:
         print("    " + p)

@@ -26,6 +26,7 @@ from detectron2.modeling import build_model
 from ..config import build_cfg
 from ..model_zoo import get_config_file
 from ..modeling.panoptic_fcn.official_keys import convert_official_state_dict
+from ..utils.meta_arch import OfficialCode, meta_arch_info, meta_architectures_with
 from ..utils.paths import refuse_outputs_over_inputs
 from .official_checkpoint import official_model_state, write_if_complete
 
@@ -35,11 +36,13 @@ DEFAULT_CONFIG = get_config_file("COCO-PanopticSegmentation/panoptic_fcn_R_50_1x
 def panoptic_fcn_cpu_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     """Config of a PanopticFCN model on CPU without weights, for the checkpoint tools.
 
-    Raises ``SystemExit`` naming the file when its meta-architecture is not PanopticFCN.
+    Raises ``SystemExit`` naming the file when its meta-architecture takes no official Panoptic
+    FCN weights (the meta-architecture table's ``official_code``).
     """
     cfg = build_cfg(config_file, ["MODEL.WEIGHTS", "", *opts], device="cpu", freeze=False)
-    if cfg.MODEL.META_ARCHITECTURE != "PanopticFCN":
-        raise SystemExit(f"{config_file}: MODEL.META_ARCHITECTURE is not PanopticFCN")
+    if meta_arch_info(cfg).official_code is not OfficialCode.PANOPTIC_FCN:
+        takes = " or ".join(meta_architectures_with(official_code=OfficialCode.PANOPTIC_FCN))
+        raise SystemExit(f"{config_file}: MODEL.META_ARCHITECTURE is not {takes}")
     return cfg
 
 

@@ -31,8 +31,8 @@ from ..config import build_cfg
 from ..data import PanopticDatasetMapper
 from ..engine import Trainer
 from ..engine.launch import register_config_datasets
+from ..evaluation.compare import worst_figures
 from ..export import ExportCheckError, ExportFormat, export_model
-from ..export.compare import worst_figures
 from ..utils.paths import refuse_outputs_over_inputs
 
 logger = logging.getLogger("panoptic_ext.export")

@@ -40,16 +40,10 @@ from ..data import PanopticDatasetMapper
 from ..data.panoptic_io import read_panoptic_png
 from ..modeling.panoptic_fcn.targets import TargetSettings
 from ..structures.sem_seg_format import SemSegFormat
+from ..utils.meta_arch import meta_arch_info
 
 __all__ = ["DatasetBrowser", "Panel", "contact_sheet", "panel_row"]
 
-# META_ARCHITECTURE -> the panels of what that family trains on (after "panoptic").
-FAMILY_PANELS: dict[str, tuple[str, ...]] = {
-    "PanopticFPN": ("semantic", "instances"),  # Panoptic FPN and PANet
-    "GeneralizedRCNN": ("instances",),
-    "SemanticSegmentor": ("semantic",),
-    "PanopticFCN": ("instances", "centers", "stuff"),
-}
 _TITLE_PX = 22  # height of the title banner above each panel
 
 
@@ -67,7 +61,8 @@ class DatasetBrowser:
     def __init__(self, cfg: CfgNode, dataset_name: str, seed: int = 0):
         self.cfg = cfg
         self.metadata = MetadataCatalog.get(dataset_name)
-        self.kinds = FAMILY_PANELS.get(cfg.MODEL.META_ARCHITECTURE, ("semantic", "instances"))
+        # The panels of what the model trains on (after "panoptic"): the table's browse_panels.
+        self.kinds = meta_arch_info(cfg).browse_panels
         self.mapper = PanopticDatasetMapper(cfg, is_train=True)
         self.generator = torch.Generator().manual_seed(seed)
         self._fcn = _FCNTargets(cfg) if {"centers", "stuff"} & set(self.kinds) else None

@@ -15,7 +15,7 @@ from typing import Any
 from detectron2.config import CfgNode
 
 from ..utils.config_keys import config_value
-from ..utils.meta_arch import meta_arch_info
+from ..utils.meta_arch import ModelOutput, meta_arch_info
 
 __all__ = ["check_config_values", "check_stuff_area_limit"]
 
@@ -61,7 +61,8 @@ def check_config_values(cfg: CfgNode, *, training: bool, world_size: int = 1) ->
     errors, warnings = _training_problems(cfg, world_size) if training else ([], [])
     if cfg.DATALOADER.NUM_WORKERS < 0:
         errors.append(f"DATALOADER.NUM_WORKERS = {cfg.DATALOADER.NUM_WORKERS}: need 0 or more")
-    if cfg.TEST.DETECTIONS_PER_IMAGE <= 0 and cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+    predicts_instances = ModelOutput.INSTANCE in meta_arch_info(cfg).outputs
+    if cfg.TEST.DETECTIONS_PER_IMAGE <= 0 and predicts_instances:
         warnings.append(
             f"TEST.DETECTIONS_PER_IMAGE = {cfg.TEST.DETECTIONS_PER_IMAGE}: no instance will be "
             "predicted"

@@ -6,7 +6,7 @@
   ``panoptic_seg`` / ``instances`` / ``sem_seg`` through the post-processing the eager model uses.
 """
 
-from .compare import Comparison, Tolerance, compare_results
+from ..evaluation.compare import Comparison, Tolerance, compare_results
 from .exporter import ExportCheckError, ExportResult, export_model
 from .families import FAMILIES, family_of
 from .runtime import ExportedPredictor

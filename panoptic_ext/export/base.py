@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compare import Tolerance
+from ..evaluation.compare import Tolerance
 
 __all__ = ["Family", "NetworkOutputs"]
 
@@ -41,7 +41,7 @@ class Family:
         postprocess: (outputs, settings, image_size (h, w) of the network input, output size
             (height, width)) -> detectron2 result dict ("panoptic_seg" / "instances" / "sem_seg").
         tolerance: what the export check lets float rounding change (default
-            :class:`~panoptic_ext.export.compare.Tolerance`).
+            :class:`~panoptic_ext.evaluation.compare.Tolerance`).
         requirements: model -> None; raises ValueError naming the config key when a model of
             ``model_class`` is built with parts the network cannot trace (default: none).
     """

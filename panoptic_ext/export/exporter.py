@@ -5,7 +5,7 @@ tracer; the ONNX file is written by ``torch.onnx.export(dynamo=False)``, the pat
 itself supports), with the image height and width dynamic. Before the file is published, the
 exported model runs on every sample image at its test size and at a second, different size,
 next to the eager model, through the *same* runtime predictor users get; if any result differs
-beyond float rounding (see :class:`~panoptic_ext.export.compare.Tolerance`) nothing is written.
+beyond float rounding (see :class:`~panoptic_ext.evaluation.compare.Tolerance`) nothing is written.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.export.torchscript_patch import patch_builtin_len
 from torch import nn
 
-from .compare import Tolerance, compare_results
+from ..evaluation.compare import Tolerance, compare_results
 from .families import family_of
 from .runtime import INPUT_NAME, ExportedPredictor
 from .spec import SPEC_KEY, ExportFormat, ExportSpec, settings_to_dict

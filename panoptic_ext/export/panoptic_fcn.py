@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..evaluation.compare import Tolerance
 from ..modeling.panoptic_fcn import PanopticFCN
 from ..modeling.panoptic_fcn.inference import InferenceSettings, LowResPredictions
 from ..modeling.panoptic_fcn.postprocess import postprocess_image
 from .base import Family, NetworkOutputs
-from .compare import Tolerance
 
 __all__ = ["PANOPTIC_FCN", "PanopticFCNNetwork", "PanopticFCNSettings"]
 

@@ -1,10 +1,16 @@
 """What panoptic_ext knows about each meta-architecture, in one table.
 
 :data:`META_ARCHITECTURES` says, per ``MODEL.META_ARCHITECTURE``, which outputs the model gives
-(and so which evaluators apply), whether its instances carry masks, and which config keys must
-equal the class counts of the datasets it trains and tests on. Adding a model adds one entry.
-The trainer's config check, the per-sample label check, the dataset validator and the evaluator
-table all read it.
+(and so which evaluators apply), whether its instances carry masks, which config keys must equal
+the class counts of the datasets it trains and tests on, which key limits its stuff areas, which
+export family exports it, which panels the dataset browser draws for it and which official
+checkpoints convert to it. Adding a model adds one entry (and no other module names a
+meta-architecture). The trainer's config checks, the per-sample label check, the dataset
+validator, the evaluator table, the demo, the dataset browser, the exporter and the official
+checkpoint converter all read it.
+
+The table holds names (enums) only: the export families and the browser's drawing code live in
+the layers above and look their part up by these names.
 """
 
 import enum
@@ -19,6 +25,9 @@ from .config_keys import config_value
 
 __all__ = [
     "META_ARCHITECTURES",
+    "BrowsePanel",
+    "ExportFamily",
+    "OfficialCode",
     "ROI_HEADS_CLASSES",
     "SEM_SEG_HEAD_CLASSES",
     "DatasetClasses",
@@ -28,6 +37,7 @@ __all__ = [
     "dataset_classes",
     "expected_class_counts",
     "meta_arch_info",
+    "meta_architectures_with",
     "mismatched_class_counts",
 ]
 
@@ -38,6 +48,29 @@ class ModelOutput(str, enum.Enum):
     PANOPTIC = "panoptic"  # "panoptic_seg": COCO PQ
     INSTANCE = "instance"  # "instances": COCO box (and mask) AP
     SEM_SEG = "sem_seg"  # "sem_seg": mIoU
+
+
+class ExportFamily(str, enum.Enum):
+    """How a model is exported (``panoptic_ext.export.families`` holds one family per name)."""
+
+    SEMANTIC = "semantic"  # backbone + semantic head, argmax post-processing
+    RCNN = "rcnn"  # detectron2's R-CNN (PANet heads included), with or without panoptic merge
+    PANOPTIC_FCN = "panoptic_fcn"
+
+
+class BrowsePanel(str, enum.Enum):
+    """A panel of the dataset browser after the ground-truth panoptic one: a training target."""
+
+    SEMANTIC = "semantic"  # the mapper's sem_seg target
+    INSTANCES = "instances"  # the mapper's instances (boxes and masks)
+    CENTERS = "centers"  # Panoptic FCN's thing center heat maps
+    STUFF = "stuff"  # Panoptic FCN's soft stuff targets
+
+
+class OfficialCode(str, enum.Enum):
+    """An official implementation whose checkpoints panoptic_ext converts (its repository)."""
+
+    PANOPTIC_FCN = "dvlab-research/PanopticFCN"
 
 
 @dataclass(frozen=True)
@@ -80,16 +113,30 @@ def panoptic_fcn_counts(cfg: CfgNode, classes: DatasetClasses) -> dict[str, int]
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MetaArchInfo:
-    """The facts of one meta-architecture."""
+    """The facts of one meta-architecture (each one stated by every entry, none defaulted).
+
+    Attributes:
+        outputs: what the model predicts, named as the evaluators they feed.
+        class_count_rules: functions giving the config keys that must hold the dataset's class
+            counts (empty: none is checked).
+        always_masks: instances always carry masks; otherwise they do when ``MODEL.MASK_ON``.
+        stuff_area_limit_key: key of the smallest stuff area (pixels of the output) kept in
+            the panoptic output; None without a panoptic output.
+        export_family: how the model is exported; None: not exportable.
+        browse_panels: the training targets the dataset browser draws, in order.
+        official_code: the official implementation whose checkpoints convert to this model;
+            None: none does.
+    """
 
     outputs: frozenset[ModelOutput]
-    class_count_rules: tuple[ClassCountRule, ...] = ()
-    # Instances always carry masks; otherwise they do when MODEL.MASK_ON.
-    always_masks: bool = False
-    # Key of the smallest stuff area (pixels of the output) kept in the panoptic output.
-    stuff_area_limit_key: str | None = None
+    class_count_rules: tuple[ClassCountRule, ...]
+    always_masks: bool
+    stuff_area_limit_key: str | None
+    export_family: ExportFamily | None
+    browse_panels: tuple[BrowsePanel, ...]
+    official_code: OfficialCode | None
 
     def instance_masks(self, cfg: CfgNode) -> bool:
         """Whether the model's ``instances`` have ``pred_masks`` under ``cfg``."""
@@ -99,27 +146,71 @@ class MetaArchInfo:
 _ALL_OUTPUTS = frozenset(ModelOutput)
 
 META_ARCHITECTURES: dict[str, MetaArchInfo] = {
-    "GeneralizedRCNN": MetaArchInfo(frozenset({ModelOutput.INSTANCE}), (roi_heads_counts,)),
-    "PanopticFPN": MetaArchInfo(
-        _ALL_OUTPUTS,
-        (roi_heads_counts, sem_seg_head_counts),
-        stuff_area_limit_key="MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
+    # detectron2's meta-architectures (PANet is a GeneralizedRCNN / PanopticFPN with its heads)
+    "GeneralizedRCNN": MetaArchInfo(
+        outputs=frozenset({ModelOutput.INSTANCE}),
+        class_count_rules=(roi_heads_counts,),
+        always_masks=False,
+        stuff_area_limit_key=None,
+        export_family=ExportFamily.RCNN,
+        browse_panels=(BrowsePanel.INSTANCES,),
+        official_code=None,
     ),
-    "SemanticSegmentor": MetaArchInfo(frozenset({ModelOutput.SEM_SEG}), (sem_seg_head_counts,)),
+    "PanopticFPN": MetaArchInfo(
+        outputs=_ALL_OUTPUTS,
+        class_count_rules=(roi_heads_counts, sem_seg_head_counts),
+        always_masks=False,
+        stuff_area_limit_key="MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
+        export_family=ExportFamily.RCNN,
+        browse_panels=(BrowsePanel.SEMANTIC, BrowsePanel.INSTANCES),
+        official_code=None,
+    ),
+    "SemanticSegmentor": MetaArchInfo(
+        outputs=frozenset({ModelOutput.SEM_SEG}),
+        class_count_rules=(sem_seg_head_counts,),
+        always_masks=False,
+        stuff_area_limit_key=None,
+        export_family=ExportFamily.SEMANTIC,
+        browse_panels=(BrowsePanel.SEMANTIC,),
+        official_code=None,
+    ),
+    # panoptic_ext's own
     "PanopticFCN": MetaArchInfo(
-        _ALL_OUTPUTS,
-        (panoptic_fcn_counts,),
+        outputs=_ALL_OUTPUTS,
+        class_count_rules=(panoptic_fcn_counts,),
         always_masks=True,
         stuff_area_limit_key="MODEL.PANOPTIC_FCN.INFERENCE.COMBINE.STUFF_AREA_LIMIT",
+        export_family=ExportFamily.PANOPTIC_FCN,
+        browse_panels=(BrowsePanel.INSTANCES, BrowsePanel.CENTERS, BrowsePanel.STUFF),
+        official_code=OfficialCode.PANOPTIC_FCN,
     ),
 }
-# Models not in the table: every output may be there, no class-count check, masks per MASK_ON.
-_UNKNOWN = MetaArchInfo(_ALL_OUTPUTS)
+# Models not in the table: every output may be there, no class-count check, masks per MASK_ON,
+# not exportable, the browser draws the semantic and instance targets.
+_UNKNOWN = MetaArchInfo(
+    outputs=_ALL_OUTPUTS,
+    class_count_rules=(),
+    always_masks=False,
+    stuff_area_limit_key=None,
+    export_family=None,
+    browse_panels=(BrowsePanel.SEMANTIC, BrowsePanel.INSTANCES),
+    official_code=None,
+)
 
 
 def meta_arch_info(cfg: CfgNode) -> MetaArchInfo:
     """The table entry of ``cfg.MODEL.META_ARCHITECTURE`` (a permissive one when unknown)."""
     return META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE, _UNKNOWN)
+
+
+def meta_architectures_with(**facts: object) -> list[str]:
+    """Sorted names of the meta-architectures whose entries have the given facts, e.g.
+    ``meta_architectures_with(official_code=OfficialCode.PANOPTIC_FCN)``."""
+    return sorted(
+        name
+        for name, info in META_ARCHITECTURES.items()
+        if all(getattr(info, key) == value for key, value in facts.items())
+    )
 
 
 def class_counts_for(cfg: CfgNode, classes: DatasetClasses) -> dict[str, int]:

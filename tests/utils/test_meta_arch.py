@@ -1,22 +1,33 @@
-"""The meta-architecture table: class-count rules per model, and one entry drives every check."""
+"""The meta-architecture table: class-count rules per model, one complete entry per model, and
+one entry drives every check."""
+
+import ast
+import dataclasses
+import glob
+import os
+import re
 
 import pytest
 from detectron2.evaluation import SemSegEvaluator
-from helpers import TINY_OPTS, load_cfg, register_tiny
+from detectron2.modeling import META_ARCH_REGISTRY
+from helpers import REPO, TINY_OPTS, load_cfg, register_tiny
 
 from panoptic_ext.data.datasets.synthetic import SYNTHETIC_CATEGORIES
 from panoptic_ext.data.train_loader import CheckedMapper
 from panoptic_ext.data.validation import check_config_class_counts
 from panoptic_ext.engine.checks import check_class_counts
 from panoptic_ext.engine.evaluator_table import EVALUATOR_TABLE, build_evaluators
+from panoptic_ext.export.families import IMPLEMENTATIONS, family_of
+from panoptic_ext.utils.config_keys import config_value
 from panoptic_ext.utils.meta_arch import (
     META_ARCHITECTURES,
+    BrowsePanel,
     DatasetClasses,
+    ExportFamily,
     MetaArchInfo,
     ModelOutput,
     class_counts_for,
     meta_arch_info,
-    sem_seg_head_counts,
 )
 
 CLASSES = DatasetClasses(num_things=3, num_stuff=5)
@@ -70,7 +81,8 @@ def test_one_new_entry_drives_every_check(monkeypatch):
     """A model added to the table alone is checked by the trainer, the label check, the dataset
     validator and the evaluator choice."""
     register_tiny()
-    entry = MetaArchInfo(frozenset({ModelOutput.SEM_SEG}), (sem_seg_head_counts,))
+    # A semantic model like SemanticSegmentor, under a new name.
+    entry = dataclasses.replace(META_ARCHITECTURES["SemanticSegmentor"])
     monkeypatch.setitem(META_ARCHITECTURES, "MyArch", entry)
     good = _cfg("MyArch", *TINY_OPTS, "MODEL.ROI_HEADS.NUM_CLASSES", 99)  # ROI heads: unused
     check_class_counts(good)
@@ -78,9 +90,74 @@ def test_one_new_entry_drives_every_check(monkeypatch):
     assert checked.num_sem_seg_classes == 4 and checked.num_thing_classes is None
     assert isinstance(build_evaluators(good, "synthetic_panoptic_val"), SemSegEvaluator)
     assert check_config_class_counts(good, SYNTHETIC_CATEGORIES) == []
+    assert family_of("MyArch") is IMPLEMENTATIONS[ExportFamily.SEMANTIC]
+    assert meta_arch_info(good).browse_panels == (BrowsePanel.SEMANTIC,)
 
     bad = _cfg("MyArch", *TINY_OPTS, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 7)
     with pytest.raises(ValueError, match=r"MODEL.SEM_SEG_HEAD.NUM_CLASSES = 7.*implies 4"):
         check_class_counts(bad)
     (problem,) = check_config_class_counts(bad, SYNTHETIC_CATEGORIES)
     assert problem.code == "class_count_mismatch" and problem.id == SEM
+
+
+PACKAGE = os.path.join(REPO, "panoptic_ext")
+TABLE_FILE = os.path.join(PACKAGE, "utils", "meta_arch.py")
+
+
+def _supported() -> set[str]:
+    """The meta-architectures panoptic_ext registers and the detectron2 ones its configs use."""
+    ours = {
+        name for name, cls in META_ARCH_REGISTRY if cls.__module__.split(".")[0] == "panoptic_ext"
+    }
+    used = set()
+    for path in glob.glob(os.path.join(PACKAGE, "configs", "**", "*.yaml"), recursive=True):
+        used |= set(re.findall(r'META_ARCHITECTURE: "?(\w+)"?', open(path).read()))
+    return ours | used
+
+
+def test_every_supported_meta_architecture_has_one_complete_entry():
+    supported = _supported()
+    assert {"PanopticFCN", "PanopticFPN", "GeneralizedRCNN", "SemanticSegmentor"} <= supported
+    assert set(META_ARCHITECTURES) == supported  # no model missing, no stale entry
+    # Exactly one: the table literal names each meta-architecture once (a repeated key of a
+    # dict literal silently replaces the first entry).
+    (table,) = [
+        n.value
+        for n in ast.walk(ast.parse(open(TABLE_FILE).read()))
+        if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", "") == "META_ARCHITECTURES"
+    ]
+    keys = [k.value for k in table.keys]
+    assert sorted(keys) == sorted(set(keys)) == sorted(supported)
+    # Complete: every fact stated (the dataclass has no defaults) and consistent.
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(MetaArchInfo))
+    for name, info in META_ARCHITECTURES.items():
+        cfg = load_cfg("quick_schedules/panoptic_fcn_synthetic.yaml")
+        assert info.outputs and info.outputs <= set(ModelOutput), name
+        assert info.class_count_rules, name
+        assert (info.stuff_area_limit_key is not None) == (ModelOutput.PANOPTIC in info.outputs)
+        if info.stuff_area_limit_key:
+            config_value(cfg, info.stuff_area_limit_key)  # KeyError when renamed
+        assert info.browse_panels and set(info.browse_panels) <= set(BrowsePanel), name
+        assert info.export_family in IMPLEMENTATIONS, name
+        assert family_of(name) is IMPLEMENTATIONS[info.export_family]
+
+
+def test_no_other_module_keeps_a_meta_architecture_table():
+    """Outside the table, no module of the package keys a dict by a meta-architecture name or
+    compares a config's meta-architecture with one: they read the table."""
+    names = set(META_ARCHITECTURES)
+    found = []
+    for path in glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True):
+        if path == TABLE_FILE:
+            continue
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Dict):
+                consts = node.keys
+            elif isinstance(node, ast.Compare):
+                consts = [node.left, *node.comparators]
+            else:
+                continue
+            for c in consts:
+                if isinstance(c, ast.Constant) and c.value in names:
+                    found.append(f"{os.path.relpath(path, REPO)}:{c.lineno} {c.value}")
+    assert found == []

@@ -1,8 +1,30 @@
-"""Exported vs eager results: the same segments, categories and scores up to float rounding.
+"""Two detectron2 results of one image: the same segments, instances and maps up to float rounding.
 
-Used by the exporter (it refuses to write a model that fails) and by the tests. Results are
-detectron2 dicts ("panoptic_seg", "instances", "sem_seg"); every check returns figures (worst
-agreement, largest difference) so a report shows how close the two are, not only pass/fail.
+The one comparison of the project, used by the exporter (eager vs exported model: it refuses to
+write a model that fails), by the official-parity tools (ours vs the reference implementation on
+the same weights) and by the tests. Results are detectron2 dicts ("panoptic_seg", "instances",
+"sem_seg"); ``expected`` is the reference side (the eager model, the official code). Every check
+returns figures (worst agreement, largest difference) so a report shows how close the two are,
+not only pass/fail.
+
+Matching: nothing is matched by index or id, because two runs may number panoptic segments
+differently and may swap detections whose scores tie up to rounding.
+
+* Segments (:func:`match_segments`): a pair of segments matches when each is the other's largest
+  overlap (void excluded; void pixels correspond to void). This rule, rather than PQ's IoU > 0.5,
+  because it loses no pair PQ would match (an intersection larger than half the union leaves
+  every other segment less than half, so IoU > 0.5 pairs are mutual largest overlaps) and keeps a
+  small segment that lost many of its pixels to a near-tie paired with itself instead of
+  reporting one missing and one extra segment; how many pixels differ is then measured by the
+  pixel agreement, which is what the tolerance bounds. It is one to one by construction.
+* Instances (:func:`match_instances`): the same class, a score within ``score_atol`` and, where
+  both sides give them as tensors, the same mask (the most similar one) or the nearest box.
+
+Tolerances: one type, :class:`Tolerance`. Its defaults are the export ones (another runtime fuses
+and reorders float operations); :data:`PARITY_TOLERANCE` is the one of the parity tools (the
+same PyTorch operations on the same device, only summation orders differ, hence ten times
+tighter). An export family may relax a rule for a reason of its own model
+(``panoptic_stuff_ties``).
 """
 
 from __future__ import annotations
@@ -12,7 +34,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["Comparison", "Tolerance", "compare_results", "worst_figures"]
+__all__ = [
+    "PARITY_TOLERANCE",
+    "Comparison",
+    "Tolerance",
+    "compare_results",
+    "describe_segment",
+    "match_instances",
+    "match_segments",
+    "near_ties",
+    "worst_figures",
+]
 
 
 @dataclass(frozen=True)
@@ -24,7 +56,7 @@ class Tolerance:
             semantic argmax, each instance mask over the whole image).
         score_atol: largest difference of an instance / segment score.
         value_rtol: largest difference of a ``sem_seg`` value, relative to the map's largest
-            magnitude (logits or probabilities).
+            magnitude but at least 1 (so absolute for probabilities, relative for logits).
         box_atol: largest difference of a box coordinate, in pixels.
         panoptic_stuff_ties: the panoptic stuff labels are the argmax of ``sem_seg`` (Panoptic
             FCN): a panoptic pixel where neither side is a thing and the ``sem_seg`` argmax
@@ -37,6 +69,10 @@ class Tolerance:
     value_rtol: float = 1e-3
     box_atol: float = 0.05
     panoptic_stuff_ties: bool = False
+
+
+# Parity of two implementations of one model (same weights, same inputs, both in PyTorch).
+PARITY_TOLERANCE = Tolerance(pixel_agreement=0.9999, score_atol=1e-4, value_rtol=1e-4)
 
 
 @dataclass
@@ -94,6 +130,14 @@ def _compare_sem_seg(exp: torch.Tensor, act: torch.Tensor, tol: Tolerance, out: 
 _MAX_CANDIDATES = 10
 
 
+def _geometry(exp: Any, act: Any) -> tuple[bool, bool]:
+    """(masks, boxes): whether both sides give ``pred_masks`` as a tensor, ``pred_boxes`` as
+    ``Boxes`` (the official Panoptic FCN gives no boxes, and empty lists without instances)."""
+    masks = all(i.has("pred_masks") and torch.is_tensor(i.pred_masks) for i in (exp, act))
+    boxes = all(i.has("pred_boxes") and hasattr(i.pred_boxes, "tensor") for i in (exp, act))
+    return masks, boxes
+
+
 def _best_counterpart(
     exp: Any, act: Any, i: int, row: torch.Tensor, score_diff: torch.Tensor, used, tol: Tolerance
 ) -> int:
@@ -108,7 +152,7 @@ def _best_counterpart(
     order = by_score[row[by_score].argsort(stable=True)]
     candidates = [j for j in order.tolist() if torch.isfinite(row[j]) and not used[j]]
     candidates = candidates[:_MAX_CANDIDATES]
-    if not exp.has("pred_masks"):
+    if not _geometry(exp, act)[0]:
         return candidates[0] if candidates and row[candidates[0]] <= tol.box_atol else -1
     # With masks: the most similar mask (boxes can tie, e.g. several whole-image masks).
     best, best_agree = -1, -1.0
@@ -124,14 +168,18 @@ def match_instances(exp: Any, act: Any, tol: Tolerance) -> list[int]:
 
     Counterpart = same class, score within ``score_atol``, and the same mask (equal on
     ``pixel_agreement`` of the image; the most similar one) or, without masks, the nearest box
-    within ``box_atol``. Each actual instance is used once. Matching by content, not by index:
+    within ``box_atol`` (geometry a side does not give is not compared: the closest score is
+    taken). Each actual instance is used once. Matching by content, not by index:
     two detections whose scores differ by less than float rounding may swap places, and a box
     taken from a mask (Panoptic FCN) moves a whole pixel when one border pixel rounds the other
     way.
     """
-    boxes_e, boxes_a = exp.pred_boxes.tensor.double(), act.pred_boxes.tensor.double()
-    dist = torch.cdist(boxes_e, boxes_a, p=float("inf"))
     score_diff = (exp.scores[:, None] - act.scores[None, :]).abs()
+    if _geometry(exp, act)[1]:
+        boxes_e, boxes_a = exp.pred_boxes.tensor.double(), act.pred_boxes.tensor.double()
+        dist = torch.cdist(boxes_e, boxes_a, p=float("inf"))
+    else:
+        dist = torch.zeros(score_diff.shape, dtype=torch.double)
     valid = exp.pred_classes[:, None] == act.pred_classes[None, :]
     valid &= score_diff <= tol.score_atol
     dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
@@ -151,16 +199,20 @@ def _describe_missing(exp: Any, act: Any, i: int) -> str:
     same = (act.pred_classes == exp.pred_classes[i]).nonzero().flatten()
     if not len(same):
         return text + "; no instance of that class"
+    masks, boxes = _geometry(exp, act)
+    if not boxes:
+        j = int(same[(act.scores[same] - exp.scores[i]).abs().argmin()])
+        return text + f"; nearest: score {float(act.scores[j]):.4f}"
     box = (act.pred_boxes.tensor[same] - exp.pred_boxes.tensor[i]).abs().amax(1)
     j = int(same[box.argmin()])
     text += f"; nearest: score {float(act.scores[j]):.4f}, box {float(box.min()):.2f} px away"
-    if exp.has("pred_masks"):
+    if masks:
         text += f", mask equal on {_agreement(exp.pred_masks[i], act.pred_masks[j]):.2%}"
     return text
 
 
 def _compare_instances(exp: Any, act: Any, tol: Tolerance, out: Comparison):
-    out.figures["instances"] = float(len(exp))
+    out.figures.update(instances=float(len(exp)), instances_actual=float(len(act)))
     if len(exp) != len(act):
         out.problems.append(f"{len(act)} instances instead of {len(exp)}")
         return
@@ -175,16 +227,19 @@ def _compare_instances(exp: Any, act: Any, tol: Tolerance, out: Comparison):
         )
         return
     act = act[torch.tensor(match)]
-    box = (exp.pred_boxes.tensor - act.pred_boxes.tensor).abs().amax(1)
     out.figures["instance_score_max_diff"] = float((exp.scores - act.scores).abs().max())
-    out.figures["box_max_diff"] = float(box.max())
-    if exp.has("pred_masks"):
+    masks, boxes = _geometry(exp, act)
+    if boxes:
+        box = (exp.pred_boxes.tensor - act.pred_boxes.tensor).abs().amax(1)
+        out.figures["box_max_diff"] = float(box.max())
+    if masks:
         agree = (exp.pred_masks == act.pred_masks).flatten(1).float().mean(1)
         out.figures["mask_agreement_min"] = float(agree.min())
         if agree.min() < tol.pixel_agreement:
             out.problems.append(
                 f"an instance mask agrees on only {float(agree.min()):.4%} of pixels"
             )
+    if masks and boxes:
         moved = float(torch.where(agree == 1, box, torch.zeros_like(box)).max())
         if moved > tol.box_atol:  # no border pixel flipped: nothing excuses the box
             out.problems.append(f"boxes differ by {moved:.2f} px where the masks are equal")
@@ -195,14 +250,21 @@ def _segments(info: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 
 def match_segments(exp_ids: torch.Tensor, act_ids: torch.Tensor) -> dict[int, int]:
-    """{actual id: expected id} for segments that are each other's largest overlap (0 = void)."""
+    """{actual id: expected id} of the segments that are each other's largest overlap.
+
+    Args:
+        exp_ids, act_ids: (H, W) integer panoptic id maps, 0 = void (never matched).
+    """
     exp, act = exp_ids.long().flatten(), act_ids.long().flatten()
-    n_act = int(act.max()) + 1 if act.numel() else 1
-    n_exp = int(exp.max()) + 1 if exp.numel() else 1
-    overlap = torch.bincount(exp * n_act + act, minlength=n_exp * n_act).view(n_exp, n_act)
+    ids_e, inv_e = torch.unique(exp, return_inverse=True)
+    ids_a, inv_a = torch.unique(act, return_inverse=True)
+    n_e, n_a = len(ids_e), len(ids_a)
+    overlap = torch.bincount(inv_e * n_a + inv_a, minlength=n_e * n_a).view(n_e, n_a)
+    overlap[ids_e == 0] = 0
+    overlap[:, ids_a == 0] = 0
     best_act, best_exp = overlap.argmax(1), overlap.argmax(0)
     return {
-        int(a): e
+        int(ids_a[a]): int(ids_e[e])
         for e, a in enumerate(best_act.tolist())
         if overlap[e, a] > 0 and int(best_exp[a]) == e
     }
@@ -231,11 +293,17 @@ def _compare_panoptic(
         return
     to_exp = match_segments(exp_ids, act_ids)
     lut = torch.full((int(act_ids.max()) + 1 if act_ids.numel() else 1,), -1, dtype=torch.long)
+    lut[0] = 0  # void corresponds to void
     for a, e in to_exp.items():
         lut[a] = e
     same = exp_ids.long() == lut[act_ids.long()]
     agree = float(same.float().mean()) if same.numel() else 1.0
-    out.figures.update(panoptic_agreement=agree, segments=float(len(exp_info)))
+    out.figures.update(
+        panoptic_agreement=agree,
+        segments=float(len(exp_info)),
+        segments_actual=float(len(act_info)),
+        segments_matched=float(len(to_exp)),
+    )
     exp_seg, act_seg = _segments(exp_info), _segments(act_info)
     if sem_seg is not None:  # stuff pixels at a sem_seg near-tie may take either label
         excused = ~_is_thing(exp_ids, exp_seg) & ~_is_thing(act_ids, act_seg) & sem_seg
@@ -245,9 +313,12 @@ def _compare_panoptic(
         out.problems.append(f"panoptic segments agree on {agree:.4%} of pixels")
     matched = {e: act_seg[a] for a, e in to_exp.items() if a in act_seg and e in exp_seg}
     unmatched = sorted(set(exp_seg) - set(matched))
-    if unmatched or len(act_seg) != len(exp_seg):
+    extra = sorted(set(act_seg) - {a for a, e in to_exp.items() if e in exp_seg})
+    if unmatched or extra or len(act_seg) != len(exp_seg):
         out.problems.append(
             f"{len(act_seg)} segments instead of {len(exp_seg)}; without counterpart: {unmatched}"
+            + "".join(f"; {describe_segment(exp_seg[sid])} missing" for sid in unmatched)
+            + "".join(f"; {describe_segment(act_seg[sid])} extra" for sid in extra)
         )
     worst = 0.0
     for sid, a in matched.items():
@@ -299,3 +370,10 @@ def worst_figures(figures: list[dict[str, Any]]) -> dict[str, float]:
             elif "diff" in key:
                 worst[key] = max(worst.get(key, 0.0), float(value))
     return worst
+
+
+def describe_segment(s: dict[str, Any]) -> str:
+    """'#id (thing|stuff category [score s])' of a ``segments_info`` entry."""
+    kind = "thing" if s["isthing"] else "stuff"
+    score = f" score {float(s['score']):.4f}" if "score" in s else ""
+    return f"#{s['id']} ({kind} {int(s['category_id'])}{score})"
