@@ -1,7 +1,7 @@
 """Compare two detectron2 panoptic outputs of one image beyond float rounding.
 
 Used to check an implementation against another on the same weights and inputs (ours vs the
-official Panoptic FCN: ``tools/compare_panoptic_fcn_official.py``; eager vs exported models):
+official Panoptic FCN: ``dev/compare_panoptic_fcn_official.py``; eager vs exported models):
 segments matched one to one by IoU > 0.5 with equal category / isthing and scores within a
 tolerance, pixel agreement of the panoptic maps after the matching, instance scores and classes
 (independent of the order of tied scores), ``sem_seg`` max difference.

@@ -1,15 +1,21 @@
-"""The parts of tools/compare_panoptic_fcn_official.py that need no official code: the output
+"""The parts of dev/compare_panoptic_fcn_official.py that need no official code: the output
 comparison (segment matching, tolerances) and the config translation tables."""
+
+import types
 
 import pytest
 import torch
 from detectron2.structures import Instances
-from helpers import config_path, load_script
+from helpers import QUICK, config_path, refusal_pattern, tagged_chain
+
+import dev.compare_panoptic_fcn_official
+from panoptic_ext.config import build_cfg
+from panoptic_ext.utils.yaml_config import UnsafeConfigError
 
 
 @pytest.fixture(scope="module")
 def tool():
-    return load_script("tools/compare_panoptic_fcn_official.py")
+    return dev.compare_panoptic_fcn_official
 
 
 def _output(ids: dict[int, int] | None = None, **changes) -> dict:
@@ -121,3 +127,14 @@ def test_instance_order_of_tied_scores_is_free(tool):
     assert tool.compare_outputs(ours, theirs).ok
     theirs["instances"].pred_classes = torch.tensor([0, 1])
     assert "instance classes differ" in " ".join(tool.compare_outputs(ours, theirs).problems)
+
+
+def test_official_yaml_is_read_by_the_safe_loader(tmp_path):
+    """The official yaml is merged into the official cfg by the same safe reader as ours: a
+    tagged ``_BASE_`` chain is refused and its payload never runs."""
+    marker = tmp_path / "PWNED"
+    top, middle = tagged_chain(str(tmp_path), marker)
+    stub = types.SimpleNamespace(add_panopticfcn_config=lambda cfg: None)
+    with pytest.raises(UnsafeConfigError, match=refusal_pattern(middle)):
+        dev.compare_panoptic_fcn_official.official_config(stub, build_cfg(QUICK, []), top)
+    assert not marker.exists()

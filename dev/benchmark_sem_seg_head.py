@@ -4,25 +4,20 @@
 Heads are measured alone on random FPN features (256 channels, strides 4..32), interleaved in one
 process so a noisy machine slows them alike; ratios are against the first variant::
 
-    python tools/benchmark_sem_seg_head.py --input-size 512x512 --num-classes 150 --iters 5
+    python -m dev.benchmark_sem_seg_head --input-size 512x512 --num-classes 150 --iters 5
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+from fvcore.nn import FlopCountAnalysis
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2.layers import ShapeSpec  # noqa: E402
-from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead  # noqa: E402
-from fvcore.nn import FlopCountAnalysis  # noqa: E402
-
-from panoptic_ext.config import build_cfg  # noqa: E402
-from panoptic_ext.modeling import SemanticFPNHead  # noqa: E402
+from panoptic_ext.config import build_cfg
+from panoptic_ext.modeling import SemanticFPNHead
 
 VARIANTS = {
     "detectron2 SemSegFPNHead": (SemSegFPNHead, {}),
