@@ -4,7 +4,8 @@ that makes a random init informative, and device-synchronised timing.
 The tools run from the repository root as ``python -m dev.<tool>``; ``dev`` is then a package on
 ``sys.path`` (the working directory), so the tools import this module and each other, and
 ``panoptic_ext`` comes from the environment (the editable install or ``PYTHONPATH``). Nothing
-here or in the tools edits ``sys.path``.
+here or in the tools edits ``sys.path`` to find our own code (only the official-parity tools add
+the user's official checkout, ``--official-root``).
 """
 
 from __future__ import annotations
