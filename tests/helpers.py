@@ -1,10 +1,9 @@
 """Small helpers for the tests: configs, tiny models and batches built from the synthetic set."""
 
 import contextlib
-import importlib.util
 import os
+import re
 from collections.abc import Iterator
-from types import ModuleType
 
 import pytest
 import torch
@@ -18,18 +17,28 @@ from panoptic_ext.data.datasets import register_synthetic_datasets
 from panoptic_ext.engine import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script(relpath: str) -> ModuleType:
-    """Import a script of the repository (e.g. "tools/convert_dataset.py") as a module."""
-    name = os.path.splitext(os.path.basename(relpath))[0]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 CONFIGS = os.path.join(REPO, "configs")
+QUICK = os.path.join(CONFIGS, "quick_schedules/panoptic_fpn_synthetic.yaml")
+
+
+# A _BASE_ chain with a code-running yaml tag (the safe loader must refuse it).
+def tagged_chain(folder, marker, base=QUICK) -> tuple[str, str]:
+    """top.yaml -> middle.yaml (tagged: would create ``marker``) -> ``base``: (top, middle)."""
+    middle = os.path.join(folder, "middle.yaml")
+    with open(middle, "w") as f:
+        f.write(f"_BASE_: {base}\nSEED: !!python/object/apply:os.system ['touch {marker}']\n")
+    top = os.path.join(folder, "top.yaml")
+    with open(top, "w") as f:
+        f.write("_BASE_: middle.yaml\nSOLVER:\n  MAX_ITER: 1\n")
+    return top, middle
+
+
+def refusal_pattern(middle: str) -> re.Pattern:
+    """The safe loader's refusal of ``middle`` of :func:`tagged_chain`."""
+    return re.compile(
+        re.escape(f"Refusing config {middle}, line 2") + r".*'!!python/object/apply:os\.system'"
+    )
+
 
 # Tiny synthetic split used by unit tests (the quick schedules use the default sizes).
 TINY = {"image_size": 64, "num_train": 8, "num_val": 4, "seed": 0}
@@ -69,7 +78,7 @@ KEEP_ALL_DETECTIONS_OPTS = [
 
 
 _NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-# Device parameters: every device test has the marker "devices" (tools/gpu_check.py selects them
+# Device parameters: every device test has the marker "devices" (dev/gpu_check.py selects them
 # with -m); the CUDA variant also has "cuda" and is skipped, but collected, without CUDA.
 CPU = pytest.param("cpu", id="cpu", marks=pytest.mark.devices)
 CUDA = pytest.param("cuda", id="cuda", marks=[pytest.mark.devices, pytest.mark.cuda, _NEEDS_CUDA])

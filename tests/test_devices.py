@@ -1,4 +1,4 @@
-"""Device tests of the whole model families: CPU in CI, CUDA on a GPU (``tools/gpu_check.py``).
+"""Device tests of the whole model families: CPU in CI, CUDA on a GPU (``dev/gpu_check.py``).
 
 Batch-N inference equals per-image inference, deterministic mode repeats a run, and the sparse
 RoIAlign backward of adaptive feature pooling is used on CPU only (torchvision's kernel on CUDA).

@@ -1,5 +1,5 @@
 """The wheel holds what an installed user needs: configs as package data, the CLI modules and
-their console scripts; nothing of tests/ or tools/."""
+their console scripts; nothing of tests/, tools/ or the lab (dev/)."""
 
 import os
 import subprocess
@@ -23,7 +23,7 @@ def test_wheel_has_configs_and_entry_points(tmp_path):
     shipped = {n.removeprefix("panoptic_ext/configs/") for n in names if "/configs/" in n}
     assert shipped == set(model_zoo.list_configs())
     assert "panoptic_ext/cli/train.py" in names and "panoptic_ext/model_zoo.py" in names
-    assert not [n for n in names if n.startswith(("tests/", "tools/", "demo/"))]
+    assert not [n for n in names if n.startswith(("tests/", "tools/", "dev/", "demo/"))]
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(tmp_path / wheel).read(entry_points).decode()
     scripts = ("train", "demo", "validate-dataset", "export")

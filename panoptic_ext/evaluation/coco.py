@@ -4,7 +4,7 @@ accumulation done by ``faster_coco_eval.COCOeval_faster`` instead of pycocotools
 
 Why: on 300 images x 50 detections faster-coco-eval computed the same stats (differences below
 1e-16) 6.4x faster for boxes and 2.2x for masks than ``COCOeval_opt``; AP had become the slowest
-evaluator of a panoptic run (``tools/benchmark_eval.py`` measures the whole evaluation phase).
+evaluator of a panoptic run (``dev/benchmark_eval.py`` measures the whole evaluation phase).
 Predicted masks are RLE-encoded by :func:`.rle.encode_masks` (byte-identical RLEs, 3-4x less
 time than detectron2's per-mask copy + encode). Everything else is detectron2's:
 ``instances_to_coco_json`` for boxes, scores and classes, gathering, the results file, the result

@@ -1,7 +1,7 @@
 """``FastSemSegEvaluator``: detectron2's ``SemSegEvaluator`` (same metrics, same files, same
 numbers) with a cheaper ``process``.
 
-Measured on 512x512 predictions with 4 classes (``tools/benchmark_eval.py``), detectron2's
+Measured on 512x512 predictions with 4 classes (``dev/benchmark_eval.py``), detectron2's
 ``process`` spends most of its time in ``torch.argmax(dim=0)`` over the (C, H, W) logits (about
 75 ms on this CPU: a reduction over the outer dimension), int64 copies of the prediction and the
 ground truth, an int64 ``bincount`` and per-class strided copies before RLE encoding. Here:

@@ -130,9 +130,9 @@ def test_save_is_atomic_and_resume_falls_back(tmp_path, caplog):
 
 
 def _python_sources() -> list[str]:
-    """Every .py file of the package, tools/, demo/ and the repo root, except the safe loader."""
+    """Every .py file of the package, tools/, dev/, demo/ and the repo root, but the safe loader."""
     found = [os.path.join(REPO, n) for n in os.listdir(REPO) if n.endswith(".py")]
-    for folder in ("panoptic_ext", "tools", "demo"):
+    for folder in ("panoptic_ext", "tools", "dev", "demo"):
         for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
             if not dirpath.startswith(os.path.join(REPO, "panoptic_ext", "checkpoint")):
                 found += [os.path.join(dirpath, n) for n in files if n.endswith(".py")]

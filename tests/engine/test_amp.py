@@ -2,7 +2,7 @@
 
 One training step (losses finite, gradients finite) and one inference pass (outputs finite and
 well-formed), under autocast for fp16/bf16, on two tiny synthetic images, one of them without
-things. The CUDA variants (marker "cuda") are skipped without CUDA; ``tools/gpu_check.py`` runs
+things. The CUDA variants (marker "cuda") are skipped without CUDA; ``dev/gpu_check.py`` runs
 them on a GPU, with detectron2's ``AMPTrainer`` (fp16 + grad scaler) for a few iterations.
 """
 

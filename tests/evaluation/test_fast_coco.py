@@ -5,10 +5,11 @@ import math
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
-from helpers import load_cfg, load_script
+from helpers import load_cfg
 
 from panoptic_ext.data.datasets import register_panoptic_dataset
 from panoptic_ext.data.datasets.synthetic import SyntheticSpec, generate_split
+from panoptic_ext.data.datasets.synthetic_predictions import predictions_from_ground_truth
 from panoptic_ext.evaluation import FastCOCOEvaluator, build_coco_evaluator
 
 NAME = "test_fast_coco_val"
@@ -27,23 +28,22 @@ def dataset(tmp_path_factory):
     MetadataCatalog.remove(NAME)
 
 
-def _evaluate(evaluator, records, bench, tmp_path):
+def _evaluate(evaluator, records, tmp_path):
     meta = MetadataCatalog.get(NAME)
     evaluator.reset()
     for r in records:
         inputs = [{k: r[k] for k in ("file_name", "image_id", "height", "width")}]
-        evaluator.process(inputs, [bench.model_outputs(r, meta, seed=1, detections=20)])
+        evaluator.process(inputs, [predictions_from_ground_truth(r, meta, seed=1, detections=20)])
     return evaluator.evaluate()
 
 
 def test_same_stats_as_detectron2(dataset, tmp_path):
-    bench = load_script("tools/benchmark_eval.py")
     tasks = ("bbox", "segm")
     dirs = {side: tmp_path / side for side in ("d2", "ours")}
     ref = _evaluate(COCOEvaluator(NAME, tasks=tasks, output_dir=str(dirs["d2"])), dataset,
-                    bench, tmp_path)  # fmt: skip
+                    tmp_path)  # fmt: skip
     ours = _evaluate(FastCOCOEvaluator(NAME, tasks=tasks, output_dir=str(dirs["ours"])), dataset,
-                     bench, tmp_path)  # fmt: skip
+                     tmp_path)  # fmt: skip
     assert set(ours) == set(ref) == set(tasks)
     for task in tasks:
         assert list(ours[task]) == list(ref[task])  # AP, AP50, ..., AP-<class> for 3 classes

@@ -5,7 +5,6 @@ import io
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -13,12 +12,16 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator
-from helpers import REPO
 from panopticapi.evaluation import pq_compute
 from PIL import Image
 
 from panoptic_ext import add_panoptic_ext_config
 from panoptic_ext.data.datasets import register_panoptic_dataset
+from panoptic_ext.data.datasets.synthetic_predictions import (
+    BENCH_CATEGORIES,
+    evaluate_pairs,
+    make_benchmark_dataset,
+)
 from panoptic_ext.data.gt_checks import GroundTruthError
 from panoptic_ext.evaluation import (
     FastPanopticEvaluator,
@@ -29,9 +32,6 @@ from panoptic_ext.evaluation import (
     pq_compute_fast,
 )
 from panoptic_ext.structures.panoptic_ids import id_to_rgb
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_pq import BENCH_CATEGORIES, make_benchmark_dataset, run_evaluator  # noqa: E402
 
 METRICS = ("pq", "sq", "rq")
 
@@ -109,18 +109,18 @@ def test_files_match_pq_compute_per_class(bench):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_evaluator_is_drop_in_for_coco_panoptic_evaluator(bench, workers, caplog):
     _, pairs = bench
-    ref, _ = run_evaluator(COCOPanopticEvaluator("test_fast_pq_bench"), pairs)
+    ref = evaluate_pairs(COCOPanopticEvaluator("test_fast_pq_bench"), pairs)
     with pytest.raises(GroundTruthError, match=r"\[unlabeled_png_id\]"):
         FastPanopticEvaluator("test_fast_pq_bench", num_workers=workers)
     evaluator = FastPanopticEvaluator("test_fast_pq_bench", num_workers=workers, check_gt=False)
     with caplog.at_level(logging.INFO, logger="panoptic_ext.evaluation.evaluator"):
-        ours, _ = run_evaluator(evaluator, pairs)
+        ours = evaluate_pairs(evaluator, pairs)
     assert list(ours["panoptic_seg"]) == list(ref["panoptic_seg"])
     for key, value in ref["panoptic_seg"].items():
         assert abs(ours["panoptic_seg"][key] - value) < 1e-7, key  # percent: 1e-9 of [0, 1]
     assert "Per-class panoptic results" in caplog.text and "never_seen" in caplog.text
     # A second round after reset() gives the same numbers (state fully cleared).
-    assert run_evaluator(evaluator, pairs)[0] == ours
+    assert evaluate_pairs(evaluator, pairs) == ours
 
 
 def test_label_divisor_predictions_match(bench):
@@ -136,8 +136,8 @@ def test_label_divisor_predictions_match(bench):
             if s["isthing"]:
                 pan[ids == s["id"]] = s["category_id"] * divisor + s["id"]
         converted.append((inp, {"panoptic_seg": (pan, None)}))
-    ref, _ = run_evaluator(COCOPanopticEvaluator("test_fast_pq_bench"), converted)
-    ours, _ = run_evaluator(FastPanopticEvaluator("test_fast_pq_bench", check_gt=False), converted)
+    ref = evaluate_pairs(COCOPanopticEvaluator("test_fast_pq_bench"), converted)
+    ours = evaluate_pairs(FastPanopticEvaluator("test_fast_pq_bench", check_gt=False), converted)
     for key, value in ref["panoptic_seg"].items():
         assert abs(ours["panoptic_seg"][key] - value) < 1e-7, key
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
-from helpers import TINY_OPTS, load_cfg, load_script, register_tiny
+from helpers import TINY_OPTS, load_cfg, register_tiny
 
 from panoptic_ext.data import PanopticDatasetMapper
+from panoptic_ext.data.datasets.synthetic_predictions import predictions_from_ground_truth
 from panoptic_ext.engine.evaluator_table import build_evaluators
 from panoptic_ext.evaluation import FastSemSegEvaluator, PanopticSemSegEvaluator
 from panoptic_ext.evaluation.sem_seg import class_map, pair_counts
@@ -28,10 +29,11 @@ def _run(evaluator, records, outputs):
 def _outputs(seed):
     """The synthetic val dicts and model-like sem_seg logits for them."""
     register_tiny()
-    bench = load_script("tools/benchmark_eval.py")
     records = DatasetCatalog.get(NAME)
     meta = MetadataCatalog.get(NAME)
-    return records, [{"sem_seg": bench.model_outputs(r, meta, seed, 0)["sem_seg"]} for r in records]
+    return records, [
+        {"sem_seg": predictions_from_ground_truth(r, meta, seed, 0)["sem_seg"]} for r in records
+    ]
 
 
 def test_same_results_and_files_as_detectron2(tmp_path):

@@ -18,11 +18,11 @@ from helpers import (
     build_tiny_model,
     config_path,
     load_cfg,
-    load_script,
     register_tiny,
 )
 from PIL import Image
 
+from panoptic_ext.data.datasets.synthetic_predictions import predictions_from_ground_truth
 from panoptic_ext.evaluation import FastPanopticEvaluator
 
 NAMES = {3: "disk", 7: "box", 12: "triangle", 9: "sky", 21: "wall", 30: "ground"}
@@ -30,13 +30,12 @@ NAMES = {3: "disk", 7: "box", 12: "triangle", 9: "sky", 21: "wall", 30: "ground"
 
 def test_report_json_table_and_plots(tmp_path, caplog):
     register_tiny()
-    bench = load_script("tools/benchmark_eval.py")
     meta = MetadataCatalog.get("synthetic_panoptic_val")
     evaluator = FastPanopticEvaluator("synthetic_panoptic_val", str(tmp_path))
     evaluator.reset()
     for r in DatasetCatalog.get("synthetic_panoptic_val"):
         inputs = [{k: r[k] for k in ("file_name", "image_id", "height", "width")}]
-        evaluator.process(inputs, [bench.model_outputs(r, meta, seed=2, detections=0)])
+        evaluator.process(inputs, [predictions_from_ground_truth(r, meta, seed=2, detections=0)])
     with caplog.at_level(logging.INFO, logger="panoptic_ext.evaluation.evaluator"):
         res = evaluator.evaluate()["panoptic_seg"]
     per_class = json.loads((tmp_path / "pq_per_class.json").read_text())

@@ -14,7 +14,8 @@ def test_cell_anchors_are_detectron_rounded_shapes():
     cells = detectron_cell_anchors(4, [32], [0.5, 1.0, 2.0])
     sizes = torch.stack([cells[:, 2] - cells[:, 0], cells[:, 3] - cells[:, 1]], dim=1)
     assert sizes.tolist() == [[48.0, 24.0], [32.0, 32.0], [24.0, 48.0]]
-    # P6 (stride 64, size 512): sqrt(8192) = 90.5 -> 91 (x8 = 728); 91 * 0.5 = 45.5 -> 46 (x8 = 368):
+    # P6 (stride 64, size 512): sqrt(8192) = 90.5 -> 91 (x8 = 728); 91 * 0.5 = 45.5 -> 46
+    # (x8 = 368):
     # numpy rounds half to even, as Detectron does.
     p6 = detectron_cell_anchors(64, [512], [0.5])
     assert (p6[0, 2] - p6[0, 0]).item() == 728.0 and (p6[0, 3] - p6[0, 1]).item() == 368.0

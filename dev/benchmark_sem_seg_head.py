@@ -4,25 +4,19 @@
 Heads are measured alone on random FPN features (256 channels, strides 4..32), interleaved in one
 process so a noisy machine slows them alike; ratios are against the first variant::
 
-    python tools/benchmark_sem_seg_head.py --input-size 512x512 --num-classes 150 --iters 5
+    python -m dev.benchmark_sem_seg_head --input-size 512x512 --num-classes 150 --iters 5
 """
 
 import argparse
-import os
-import statistics
-import sys
-import time
 
 import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+from fvcore.nn import FlopCountAnalysis
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2.layers import ShapeSpec  # noqa: E402
-from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead  # noqa: E402
-from fvcore.nn import FlopCountAnalysis  # noqa: E402
-
-from panoptic_ext.config import build_cfg  # noqa: E402
-from panoptic_ext.modeling import SemanticFPNHead  # noqa: E402
+from dev.common import Timings
+from panoptic_ext.config import build_cfg
+from panoptic_ext.modeling import SemanticFPNHead
 
 VARIANTS = {
     "detectron2 SemSegFPNHead": (SemSegFPNHead, {}),
@@ -52,29 +46,15 @@ def main() -> None:
         options = [v for key, value in extra.items() for v in (f"MODEL.SEMANTIC_FPN.{key}", value)]
         cfg = build_cfg(None, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", args.num_classes, *options])
         heads[name] = cls(cfg, shapes).to(args.device)
-    times = {n: {"train": [], "infer": []} for n in heads}
-
-    def sync():
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    for it in range(args.iters + 1):  # first round is warm-up
+    timings = {n: Timings(device=args.device) for n in heads}
+    for it in range(args.iters + 1):  # first round is warm-up (timed into a throw-away)
         for name, head in heads.items():
+            t = timings[name] if it else Timings(device=args.device)
             head.train()
-            sync()
-            t0 = time.perf_counter()
-            loss = head(feats, targets)[1]["loss_sem_seg"]
-            loss.backward()
-            sync()
-            t1 = time.perf_counter()
+            t.add("train", lambda head=head: head(feats, targets)[1]["loss_sem_seg"].backward())
             head.eval()
             with torch.no_grad():
-                head(feats)
-            sync()
-            t2 = time.perf_counter()
-            if it:
-                times[name]["train"].append(t1 - t0)
-                times[name]["infer"].append(t2 - t1)
+                t.add("infer", lambda head=head: head(feats))
 
     base = None
     print(f"input {h}x{w}, batch {args.batch_size}, {args.num_classes} classes, {args.device}")
@@ -88,8 +68,8 @@ def main() -> None:
         row = (
             sum(p.numel() for p in head.parameters()),
             gflops,
-            statistics.median(times[name]["train"]),
-            statistics.median(times[name]["infer"]),
+            timings[name].median("train"),
+            timings[name].median("infer"),
         )
         base = base or row
         ratio = " ".join(f"{a / b:.2f}" for a, b in zip(row, base))

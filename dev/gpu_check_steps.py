@@ -1,4 +1,4 @@
-"""Steps of ``tools/gpu_check.py``: result types, the environment, the device tests, the schedules.
+"""Steps of ``dev/gpu_check.py``: result types, the environment, the device tests, the schedules.
 
 A step is a function ``(CheckSettings) -> StepResult``. It records *checks* (assertions: any that
 fails makes the step fail), *goals* (speed targets, reported only) and *figures* (measurements,
@@ -26,7 +26,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from dev.common import REPO
+
 STATUSES = ("pass", "fail", "error", "timeout", "skipped")
 
 

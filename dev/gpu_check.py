@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """The prepared GPU check: CUDA tests, throughput, cost ratios and the quick schedules, in one run.
 
-    python tools/gpu_check.py --out gpu_check_out                 # on a GPU, about 8 minutes
-    python tools/gpu_check.py --tiny --device cpu --out /tmp/gc   # tiny sizes, any machine
-    python tools/gpu_check.py --steps throughput,schedule_panet   # a subset (e.g. a rerun)
+    python -m dev.gpu_check --out gpu_check_out                 # on a GPU, about 8 minutes
+    python -m dev.gpu_check --tiny --device cpu --out /tmp/gc   # tiny sizes, any machine
+    python -m dev.gpu_check --steps throughput,schedule_panet   # a subset (e.g. a rerun)
 
-On the lent GPU machine (no registry, no detectron2 install) ``tools/gpu_check.sh`` sets up the
-carried wheels and detectron2 source first; ``tools/prepare_gpu_carry.sh`` prepares them here.
+On the lent GPU machine (no registry, no detectron2 install) ``dev/gpu_check.sh`` sets up the
+carried wheels and detectron2 source first; ``dev/prepare_gpu_carry.sh`` prepares them here.
 
-Every step (see ``gpu_check_steps.STEPS``) runs in its own process with a time limit cut to what
+Every step (see ``STEPS``) runs in its own process with a time limit cut to what
 is left of ``--budget-s``, so a hung or crashed step (or a broken CUDA context) costs only that
 step. After each step ``gpu_check.json`` and ``gpu_check.md`` are rewritten in ``--out`` (a run
 killed from outside keeps what finished), and every step's output goes to ``gpu_check.log``.
@@ -28,14 +28,9 @@ import sys
 import time
 import traceback
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TOOLS)
-for _path in (TOOLS, REPO):  # gpu_check_steps, benchmark and panoptic_ext from this checkout
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from gpu_check_bench import panet_step, panoptic_fpn_step, throughput_step  # noqa: E402
-from gpu_check_steps import (  # noqa: E402
+from dev.common import REPO
+from dev.gpu_check_bench import panet_step, panoptic_fpn_step, throughput_step
+from dev.gpu_check_steps import (
     CheckSettings,
     Step,
     StepResult,
@@ -142,7 +137,7 @@ def run_in_child(step: Step, args: argparse.Namespace, limit_s: float, log) -> S
     result_file = os.path.join(settings_from(args).work_dir, f"{step.name}.result.json")
     if os.path.exists(result_file):
         os.remove(result_file)
-    cmd = [sys.executable, os.path.abspath(__file__), *settings_argv(args)]
+    cmd = [sys.executable, "-m", "dev.gpu_check", *settings_argv(args)]
     cmd += ["--child", step.name, "--result", result_file, "--child-limit-s", str(limit_s)]
     env = dict(os.environ, PYTHONPATH=CHILD_PATH, PYTHONUNBUFFERED="1")
     start = time.perf_counter()
@@ -249,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(filter(None, args.steps.split(","))) or {s.name for s in STEPS}
     header = {
         "check": "panoptic_ext GPU check",
-        "command": " ".join(["python", "tools/gpu_check.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python", "-m", "dev.gpu_check", *(argv or sys.argv[1:])]),
         "tiny": args.tiny,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "environment": basic_environment(),

@@ -10,7 +10,7 @@ overflow fp16 and make proposals and masks meaningless).
 The configs are measured in one process and their iterations are interleaved, so a shared or
 throttled machine slows them alike; ratios against the first config are printed::
 
-    python tools/benchmark.py \\
+    python -m dev.benchmark \\
         --config-file configs/Base-RCNN-FPN.yaml::MODEL.MASK_ON=True \\
         --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_PAFPN_1x.yaml \\
         --config-file configs/COCO-InstanceSegmentation/panet_R_50_1x.yaml \\
@@ -39,17 +39,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.analysis import FlopCountAnalysis
+from detectron2.utils.events import EventStorage
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2.config import CfgNode  # noqa: E402
-from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
-from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
-
-from panoptic_ext.config import build_cfg  # noqa: E402
+from dev import common
+from dev.common import calibrate_random_init, random_init_cfg, sync
 
 
 @dataclass
@@ -72,14 +69,11 @@ class Bench:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """ "800x1333" -> (800, 1333)."""
+    """ "800x1333" -> (800, 1333) for argparse."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        return common.parse_size(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            f"--input-size must look like 800x1333, got {text!r}"
-        ) from e
-    return h, w
+        raise argparse.ArgumentTypeError(f"--input-size: {e}") from e
 
 
 def bench_cfg(spec: str, opts: list[str], device: str, keep_score_thresh: bool) -> CfgNode:
@@ -93,10 +87,9 @@ def bench_cfg(spec: str, opts: list[str], device: str, keep_score_thresh: bool) 
         if not sep:
             raise ValueError(f"override {item!r} in {spec!r} must be KEY=VALUE")
         overrides += [key, value]
-    overrides += ["MODEL.WEIGHTS", ""]
     if not keep_score_thresh:
         overrides += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0]
-    return build_cfg(path, overrides, device=device, freeze=False)
+    return random_init_cfg(path, overrides, device=device, freeze=False)
 
 
 def make_inputs(cfg: CfgNode, height: int, width: int, num_images: int, seed: int) -> list[dict]:
@@ -130,11 +123,6 @@ def make_inputs(cfg: CfgNode, height: int, width: int, num_images: int, seed: in
             {"image": image, "instances": inst, "sem_seg": sem, "height": height, "width": width}
         )
     return inputs
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _rss_mib(field_name: str) -> float:
@@ -181,35 +169,15 @@ def autocast(device: str, dtype: torch.dtype | None):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-@torch.no_grad()
 def calibrate_frozen_bn(model: torch.nn.Module, inputs: list[dict]) -> int:
-    """Give every ``FrozenBatchNorm2d`` the batch statistics of its input on ``inputs``.
-
-    One inference pass; each layer is calibrated just before it runs, so later layers see
-    calibrated inputs. Returns the number of layers changed (weights change in place).
-    """
-
-    def use_batch_stats(module: FrozenBatchNorm2d, args: tuple) -> None:
-        x = args[0].float()
-        module.running_mean.copy_(x.mean((0, 2, 3)))
-        module.running_var.copy_(x.var((0, 2, 3)).clamp(min=1e-4) - module.eps)
-
-    layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    hooks = [m.register_forward_pre_hook(use_batch_stats) for m in layers]
-    was_training = model.training
-    try:
-        model.eval()
-        model([{"image": x["image"], "height": x["height"], "width": x["width"]} for x in inputs])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return len(layers)
+    """Give every ``FrozenBatchNorm2d`` the batch statistics of its input on ``inputs`` (one
+    inference pass, :func:`dev.common.calibrate_random_init`); returns the number of layers."""
+    return calibrate_random_init(model, inputs)
 
 
 def train_step(bench: Bench, inputs: list[dict]) -> float:
     bench.model.train()
-    _sync(bench.cfg.MODEL.DEVICE)
+    sync(bench.cfg.MODEL.DEVICE)
     start = bench.clock()
     with EventStorage(), autocast(bench.cfg.MODEL.DEVICE, bench.amp):
         losses = bench.model(inputs)
@@ -217,17 +185,17 @@ def train_step(bench: Bench, inputs: list[dict]) -> float:
     bench.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     bench.optimizer.step()
-    _sync(bench.cfg.MODEL.DEVICE)
+    sync(bench.cfg.MODEL.DEVICE)
     return bench.clock() - start
 
 
 def infer_step(bench: Bench, inputs: list[dict]) -> float:
     bench.model.eval()
-    _sync(bench.cfg.MODEL.DEVICE)
+    sync(bench.cfg.MODEL.DEVICE)
     start = bench.clock()
     with torch.no_grad(), autocast(bench.cfg.MODEL.DEVICE, bench.amp):
         bench.model(inputs)
-    _sync(bench.cfg.MODEL.DEVICE)
+    sync(bench.cfg.MODEL.DEVICE)
     return bench.clock() - start
 
 

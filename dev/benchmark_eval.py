@@ -3,7 +3,7 @@
 builds them from the config) against detectron2's defaults (``COCOPanopticEvaluator``,
 ``COCOEvaluator`` with its ``COCOeval_opt``, ``SemSegEvaluator``), on the same predictions.
 
-    python tools/benchmark_eval.py --num-images 300 --image-size 512 --detections 50 --repeats 3
+    python -m dev.benchmark_eval --num-images 300 --image-size 512 --detections 50 --repeats 3
 
 Ground truth: the synthetic generator at ``--image-size`` (panoptic PNGs + JSON, things-as-one
 semantic PNGs, instances JSON). Predictions: per image, a model-like output made from the ground
@@ -26,90 +26,30 @@ import contextlib
 import io
 import logging
 import math
-import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
-import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.evaluation import (  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import (
     COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluator,
     SemSegEvaluator,
 )
-from detectron2.structures import Boxes, Instances  # noqa: E402
 
-from panoptic_ext.config import build_cfg  # noqa: E402
-from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
-from panoptic_ext.data.panoptic_io import read_panoptic_png  # noqa: E402
-from panoptic_ext.engine.evaluator_table import build_evaluators  # noqa: E402
-from panoptic_ext.structures.boxes import masks_to_boxes  # noqa: E402
+from dev.common import config_path
+from panoptic_ext.config import build_cfg
+from panoptic_ext.data.datasets import register_synthetic_datasets
+from panoptic_ext.data.datasets.synthetic_predictions import predictions_from_ground_truth
+from panoptic_ext.engine.evaluator_table import build_evaluators
 
 DATASET = "synthetic_panoptic_val"
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
-                      "quick_schedules", "panoptic_fpn_synthetic.yaml")  # fmt: skip
-
-
-def model_outputs(record: dict, meta: Any, seed: int, detections: int) -> dict[str, Any]:
-    """A Panoptic FPN-like output for one dataset dict (detectron2's panoptic convention).
-
-    Returns ``{"panoptic_seg": ((H, W) int32, segments_info), "instances": Instances(pred_boxes,
-    scores, pred_classes, pred_masks (N, H, W) bool), "sem_seg": (1 + S, H, W) float32}``.
-    """
-    rng = np.random.default_rng([seed, int(record["image_id"])])
-    gt = read_panoptic_png(record["pan_seg_file_name"]).astype(np.int64)
-    h, w = gt.shape
-    shifted = np.roll(gt, tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
-    num_things, num_stuff = len(meta.thing_classes), len(meta.stuff_classes) - 1
-    panoptic = np.zeros((h, w), np.int32)
-    semantic = np.full((h, w), -1, np.int64)
-    segments, masks, classes, scores = [], [], [], []
-    for k, seg in enumerate(record["segments_info"], start=1):
-        mask = shifted == seg["id"]
-        if not mask.any() or rng.random() < 0.1:  # missed segment
-            continue
-        cat = seg["category_id"]
-        if seg["isthing"] and rng.random() < 0.1:  # wrong class
-            cat = int(rng.integers(num_things))
-        panoptic[mask] = k
-        semantic[mask] = 0 if seg["isthing"] else cat
-        segments.append({"id": k, "category_id": int(cat), "isthing": bool(seg["isthing"])})
-        if seg["isthing"] and not seg.get("iscrowd", 0):
-            masks.append(mask)
-            classes.append(cat)
-            scores.append(rng.uniform(0.5, 1.0))
-    while len(masks) < detections:  # spurious low-score detections (ellipses)
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        ry, rx = rng.uniform(3, h / 4), rng.uniform(3, w / 4)
-        yy, xx = np.ogrid[:h, :w]
-        masks.append(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1)
-        classes.append(int(rng.integers(num_things)))
-        scores.append(rng.uniform(0.05, 0.5))
-    instances = Instances((h, w))
-    instances.pred_masks = torch.from_numpy(np.stack(masks) if masks else np.zeros((0, h, w), bool))
-    instances.pred_boxes = Boxes(masks_to_boxes(instances.pred_masks).tensor)
-    instances.scores = torch.tensor(scores, dtype=torch.float32)
-    instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
-    # Void and 5 % of the pixels get a random class: mIoU is neither 0 nor 100.
-    noise = (semantic < 0) | (rng.random((h, w)) < 0.05)
-    semantic[noise] = rng.integers(0, num_stuff + 1, int(noise.sum()))
-    logits = np.zeros((num_stuff + 1, h, w), np.float32)
-    np.put_along_axis(logits, semantic[None], 1.0, axis=0)
-    return {
-        "panoptic_seg": (torch.from_numpy(panoptic), segments),
-        "instances": instances,
-        "sem_seg": torch.from_numpy(logits),
-    }
+CONFIG = config_path("quick_schedules/panoptic_fpn_synthetic.yaml")
 
 
 def detectron2_evaluators(name: str, output_dir: str) -> list[DatasetEvaluator]:
@@ -161,7 +101,7 @@ def run_side(make: Callable[[str], list[DatasetEvaluator]], records: list, args)
                 e.reset()
         for record in records:
             inputs = [{k: record[k] for k in ("file_name", "image_id", "height", "width")}]
-            outputs = [model_outputs(record, meta, args.seed, args.detections)]
+            outputs = [predictions_from_ground_truth(record, meta, args.seed, args.detections)]
             for e in evaluators:
                 with clock(type(e).__name__):
                     e.process(inputs, outputs)

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """ONNX Runtime vs eager PyTorch latency per model family, side by side, same weights and input.
 
-    python tools/benchmark_export.py --families semantic_fpn panoptic_fpn panet panoptic_fcn \\
+    python -m dev.benchmark_export --families semantic_fpn panoptic_fpn panet panoptic_fcn \\
         --size 800x1216 --repeats 5 --threads 2
 
 For each family: its paper config (R-50) is built with random init (seed 0) made informative by
-:func:`calibrate_random_init` (BN statistics and output-layer spread from the input), exported with
+:func:`dev.common.calibrate_random_init` (BN statistics, centred encoder and output-layer
+spread from the input, :data:`CALIBRATED_OUTPUTS`), exported with
 ``panoptic_ext.export.export_model`` (which checks exported vs eager results at two sizes and
 refuses on a difference), then one image (``--image``, default a synthetic val image, resized to
 ``--size``) runs ``--repeats`` times through both, interleaved (eager network, ONNX network,
@@ -24,26 +25,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import cv2
 import torch
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.layers import Conv2d, FrozenBatchNorm2d  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-
-from panoptic_ext.config import build_cfg  # noqa: E402
-from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
-from panoptic_ext.export import (  # noqa: E402
+from dev.common import Timings, activated_convs, calibrate_random_init, random_init_cfg
+from panoptic_ext.data.datasets import register_synthetic_datasets
+from panoptic_ext.export import (
     ExportCheckError,
     ExportedPredictor,
     ExportFormat,
@@ -51,7 +45,7 @@ from panoptic_ext.export import (  # noqa: E402
     export_model,
     family_of,
 )
-from panoptic_ext.model_zoo import get_config_file  # noqa: E402
+from panoptic_ext.model_zoo import get_config_file
 
 FAMILY_CONFIGS = {
     "semantic_fpn": ("ADE20K/semantic_fpn_R_50_160k.yaml", []),
@@ -61,7 +55,7 @@ FAMILY_CONFIGS = {
 }
 # Output layers whose random init is near zero (std 0.001-0.01): scaled to this logit spread, so
 # scores, masks and labels are decided (not all ties at sigmoid 0.5 / softmax 1/K).
-_CALIBRATED_OUTPUTS = {
+CALIBRATED_OUTPUTS = {
     "sem_seg_head.predictor": 3.0,
     "roi_heads.box_predictor.cls_score": 3.0,
     "roi_heads.mask_head.predictor": 3.0,
@@ -73,32 +67,6 @@ _CALIBRATED_OUTPUTS = {
     "thing_generator.embed_extractor": 0.4,
     "stuff_generator.embed_extractor": 0.4,
 }
-
-
-@dataclass
-class Timings:
-    """Seconds per repeat of each measured call."""
-
-    runs: dict[str, list[float]] = field(default_factory=dict)
-    # Idle time before each call: the other runtime's worker threads spin-wait for a while
-    # after its call returns (OpenMP for PyTorch, ONNX Runtime's pool) and, on a 2-core CPU,
-    # took cycles from the call that followed (ONNX 2.50 s after eager calls, 2.32 s alone).
-    settle_s: float = 0.0
-
-    def add(self, name: str, fn: Callable[[], object]) -> object:
-        if self.settle_s:
-            time.sleep(self.settle_s)
-        start = time.perf_counter()
-        out = fn()
-        self.runs.setdefault(name, []).append(time.perf_counter() - start)
-        return out
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.runs[name])
-
-    def ratio(self, num: str, den: str) -> float:
-        """Median over repeats of num/den (both measured in the same repeat)."""
-        return statistics.median(a / b for a, b in zip(self.runs[num], self.runs[den]))
 
 
 def bench_image(height: int, width: int, path: str | None = None) -> torch.Tensor:
@@ -114,62 +82,13 @@ def bench_image(height: int, width: int, path: str | None = None) -> torch.Tenso
     return torch.as_tensor(image.transpose(2, 0, 1).copy())
 
 
-@torch.no_grad()
-def calibrate_random_init(model: torch.nn.Module, sample: dict) -> None:
-    """Make random-init weights informative (in place), data-dependently on ``sample``.
-
-    Every FrozenBatchNorm2d gets the statistics of its input (a random ResNet otherwise grows its
-    activations ~10x per stage, which no trained model does), and the output layers of
-    ``_CALIBRATED_OUTPUTS`` get their target spread (bias kept).
-    """
-    hooks = []
-
-    def bn_stats(mod, args):
-        x = args[0]
-        mod.running_mean.copy_(x.mean((0, 2, 3)))
-        mod.running_var.copy_(x.var((0, 2, 3)).clamp(min=1e-4) - mod.eps)
-
-    def spread(target):
-        def hook(mod, args, out):
-            if getattr(mod, "_calibrated", False):
-                return None
-            bias = 0 if mod.bias is None else mod.bias
-            bias = bias.view(1, -1, *[1] * (out.dim() - 2)) if out.dim() > 1 else bias
-            scale = float((out - bias).std()) / target
-            mod.weight.div_(scale)
-            mod._calibrated = True
-            return (out - bias) / scale + bias
-
-        return hook
-
-    def centre(mod, args, out):  # activation detached meanwhile: ``out`` is pre-ReLU
-        mean = out.mean((0, 2, 3))
-        mod.bias.sub_(mean)
-        return torch.relu(out - mean.view(1, -1, 1, 1))
-
-    for m in model.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            hooks.append(m.register_forward_pre_hook(bn_stats))
-    # Panoptic FCN: zero-mean pre-ReLU encoder maps, or every thing mask covers the image.
+def calibrate(model: torch.nn.Module, sample: dict) -> None:
+    """:func:`dev.common.calibrate_random_init` on ``sample``: FrozenBN statistics, zero-mean
+    pre-ReLU maps in Panoptic FCN's encoder tower (or every thing mask covers the image), and
+    the spreads of :data:`CALIBRATED_OUTPUTS`."""
     encoder = getattr(model, "encoder", None)
-    centred = [
-        m
-        for m in (encoder.tower.modules() if encoder is not None else ())
-        if isinstance(m, Conv2d) and m.activation is not None and m.bias is not None
-    ]
-    activations = [m.activation for m in centred]
-    for m in centred:
-        m.activation = None
-        hooks.append(m.register_forward_hook(centre))
-    for name, target in _CALIBRATED_OUTPUTS.items():
-        module = dict(model.named_modules()).get(name)
-        if module is not None:
-            hooks.append(module.register_forward_hook(spread(target)))
-    model([sample])
-    for h in hooks:
-        h.remove()
-    for m, activation in zip(centred, activations):
-        m.activation = activation
+    centred = activated_convs(encoder.tower) if encoder is not None else []
+    calibrate_random_init(model, [sample], centred=centred, spreads=CALIBRATED_OUTPUTS)
 
 
 def counts(result: dict) -> str:
@@ -188,13 +107,12 @@ def counts(result: dict) -> str:
 @torch.no_grad()
 def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_dir: str) -> str:
     config, family_opts = FAMILY_CONFIGS[name]
-    opts = ["MODEL.WEIGHTS", "", *family_opts, *args.opts]
-    cfg = build_cfg(get_config_file(config), opts, device="cpu")
+    cfg = random_init_cfg(get_config_file(config), [*family_opts, *args.opts])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     h, w = image.shape[-2:]
     sample = {"image": image, "height": h, "width": w}
-    calibrate_random_init(model, sample)
+    calibrate(model, sample)
     start = time.perf_counter()
     exported = export_model(model, cfg, ExportFormat.ONNX, os.path.join(out_dir, name), [sample])
     export_s = time.perf_counter() - start

@@ -2,11 +2,11 @@
 """Our PANet vs the official implementation (ShuLiu1993/PANet): output parity on the same weights
 and images, component by component.
 
-    python tools/compare_panet_official.py --official-root /path/to/PANet \\
+    python -m dev.compare_panet_official --official-root /path/to/PANet \\
         --variant {mask_2x,det_1x,det_2fc_1x} [--weights OURS.pth] [--num-images N] \\
         [--size HxW] [--images dataset|random] [--num-boxes B] [--seed S] [--no-calibrate] \\
         [--accept-postprocess] [--threads T] [KEY VALUE ...]
-    python tools/compare_panet_official.py --official-root /path/to/PANet --dump-official-keys OUT
+    python -m dev.compare_panet_official --official-root /path/to/PANet --dump-official-keys OUT
 
 The official code (a Detectron.pytorch code base of the PyTorch 0.4 era) is imported at run time
 from ``<official-root>/lib``; nothing of it is part of this project, and the checkout is not
@@ -122,14 +122,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from panoptic_ext.evaluation.compare import Tolerance  # noqa: E402
-from panoptic_ext.modeling.roi_heads.panet_official_keys import (  # noqa: E402
+from dev.common import REPO, random_init_cfg
+from panoptic_ext.evaluation.compare import Tolerance
+from panoptic_ext.modeling.roi_heads.panet_official_keys import (
     convert_panet_official_state_dict,
 )
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Official configs (configs/panet/ of the checkout) and ours, per variant.
 OFFICIAL_CONFIGS = {
@@ -356,7 +353,7 @@ def dump_official_keys(root: str, path: str) -> None:
     lines = [
         "# Official PANet state_dict keys (ShuLiu1993/PANet, lib/modeling/model_builder.py::"
         "Generalized_RCNN), one line per tensor: <config> <key> <shape>.",
-        "# Built on CPU by tools/compare_panet_official.py --dump-official-keys: checkout's lib/ "
+        "# Built on CPU by dev/compare_panet_official.py --dump-official-keys: checkout's lib/ "
         "on sys.path, run-time shims for compiled ops/six/numpy aliases (install_official_shims),",
         "# cfg = defaults + merge_cfg_from_file(configs/panet/<config>) + MODEL.NUM_CLASSES 81, "
         "LOAD_IMAGENET_PRETRAINED_WEIGHTS False, assert_and_infer_cfg; model.state_dict().",
@@ -388,10 +385,7 @@ class OfficialRunner:
 # ---------------------------------------------------------------------------------------------
 def our_config(variant: str, opts: list[str]) -> Any:
     """Our cfg of ``variant`` (+ ``KEY VALUE`` overrides) on CPU, without weights."""
-    from panoptic_ext.config import build_cfg
-
-    path = os.path.join(REPO, OUR_CONFIGS[variant])
-    return build_cfg(path, ["MODEL.WEIGHTS", "", *opts], device="cpu", freeze=False)
+    return random_init_cfg(os.path.join(REPO, OUR_CONFIGS[variant]), opts, freeze=False)
 
 
 def _get(cfg: Any, key: str) -> Any:

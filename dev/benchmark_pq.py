@@ -9,7 +9,7 @@ both evaluators in one run (``--repeats`` interleaved runs of each, a fresh eval
 time); every PQ/SQ/RQ number must agree to 1e-9; the median wall-clock and CPU ratios are
 printed::
 
-    python tools/benchmark_pq.py --num-images 500 --height 480 --width 640 --workers 2
+    python -m dev.benchmark_pq --num-images 500 --height 480 --width 640 --workers 2
 
 Both timings cover ``reset() + process() for every image + evaluate()``, i.e. what a
 ``DatasetEvaluator`` costs inside ``inference_on_dataset``. With ``--model-ms M`` both are also
@@ -20,108 +20,21 @@ adds on top is reported (the fast evaluator works in its threads while the model
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import io
-import json
 import os
 import resource
 import sys
 import tempfile
 import time
-from typing import Any
 
 import numpy as np
-import torch
+from detectron2.evaluation import COCOPanopticEvaluator
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.evaluation import COCOPanopticEvaluator  # noqa: E402
-
-from panoptic_ext.data.datasets import register_panoptic_dataset  # noqa: E402
-from panoptic_ext.data.datasets.synthetic import (  # noqa: E402
-    SYNTHETIC_CATEGORIES,
-    SyntheticSpec,
-    generate_split,
+from panoptic_ext.data.datasets.synthetic_predictions import (
+    evaluate_pairs,
+    make_benchmark_dataset,
 )
-from panoptic_ext.data.panoptic_io import read_panoptic_png  # noqa: E402
-from panoptic_ext.evaluation import FastPanopticEvaluator  # noqa: E402
-
-# The synthetic categories (non-contiguous ids, things and stuff interleaved, as in COCO) and one
-# that never occurs: PQ must skip it.
-BENCH_CATEGORIES = SYNTHETIC_CATEGORIES + [{"id": 20, "name": "never_seen", "isthing": 1}]
-
-
-def _prediction(
-    rng: np.random.Generator, gt: np.ndarray, segments: list[dict], meta: Any
-) -> tuple[torch.Tensor, list[dict]]:
-    """A model-style prediction: (H, W) int32 ids 1..P, contiguous ``category_id`` + ``isthing``."""
-    h, w = gt.shape
-    shifted = np.roll(gt, (int(rng.integers(-4, 5)), int(rng.integers(-8, 9))), axis=(0, 1))
-    pred = np.zeros((h, w), np.int32)
-    info = []
-    thing_map, stuff_map = (
-        meta.thing_dataset_id_to_contiguous_id,
-        meta.stuff_dataset_id_to_contiguous_id,
-    )
-    all_ids = [c["id"] for c in BENCH_CATEGORIES if c["name"] != "never_seen"]
-    for seg in segments:
-        if rng.random() < 0.1:  # missed segment
-            continue
-        cat = seg["category_id"] if rng.random() < 0.9 else int(rng.choice(all_ids))
-        info.append((seg["id"], cat))
-    extra = []
-    for _ in range(int(rng.integers(0, 4))):  # spurious detections
-        y0, x0 = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
-        extra.append((y0, x0, int(rng.integers(4, h // 4)), int(rng.integers(4, w // 4))))
-    out = []
-    for gt_id, cat in info:
-        mask = shifted == gt_id
-        if mask.any():
-            pred[mask] = len(out) + 1
-            out.append(cat)
-    for y0, x0, sh, sw in extra:
-        pred[y0 : y0 + sh, x0 : x0 + sw] = len(out) + 1
-        out.append(int(rng.choice(all_ids)))
-    present = np.unique(pred)
-    segments_info = []
-    for i, cat in enumerate(out, start=1):
-        if i not in present:
-            continue
-        isthing = cat in thing_map
-        contiguous = thing_map[cat] if isthing else stuff_map[cat]
-        segments_info.append({"id": i, "category_id": contiguous, "isthing": isthing})
-    return torch.from_numpy(pred), segments_info
-
-
-def make_benchmark_dataset(
-    root: str, name: str, num_images: int, height: int, width: int, seed: int = 0
-) -> list[tuple[dict, dict]]:
-    """Generate the ground truth under ``root``, register ``name``; return (input, output) pairs.
-
-    The files are the synthetic generator's (``panoptic_bench.json``, ``panoptic_bench/``), with
-    :data:`BENCH_CATEGORIES` as categories.
-    """
-    split = "bench"
-    generate_split(root, split, SyntheticSpec(width, num_images, seed, image_height=height))
-    panoptic_json = os.path.join(root, f"panoptic_{split}.json")
-    with open(panoptic_json) as f:
-        data = json.load(f)
-    data["categories"] = BENCH_CATEGORIES
-    with open(panoptic_json, "w") as f:
-        json.dump(data, f)
-    panoptic_root = os.path.join(root, f"panoptic_{split}")
-    register_panoptic_dataset(name, os.path.join(root, split), panoptic_root, panoptic_json)
-    meta = MetadataCatalog.get(name)
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for ann in data["annotations"]:
-        ids = read_panoptic_png(os.path.join(panoptic_root, ann["file_name"]))
-        pred = _prediction(rng, ids.astype(np.int64), ann["segments_info"], meta)
-        inp = {"image_id": ann["image_id"], "file_name": ann["file_name"]}
-        pairs.append((inp, {"panoptic_seg": pred}))
-    return pairs
+from panoptic_ext.evaluation import FastPanopticEvaluator
 
 
 def _cpu_seconds(start: bool) -> float:
@@ -147,20 +60,8 @@ def run_evaluator(
     The CPU seconds used are appended to ``cpu`` when given."""
     cpu_start = _cpu_seconds(start=True)
     start = time.perf_counter()
-    evaluator.reset()
-    for inp, out in pairs:
-        if model_seconds:
-            time.sleep(model_seconds)
-        ids, segments = out["panoptic_seg"]
-        # detectron2's evaluator rewrites segments_info (and, without it, the id map) in place:
-        # give each run its own copies.
-        if segments is None:
-            ids = ids.clone()
-        else:
-            segments = [dict(x) for x in segments]
-        evaluator.process([inp], [{"panoptic_seg": (ids, segments)}])
-    with contextlib.redirect_stdout(io.StringIO()):
-        res = evaluator.evaluate()
+    sleep = (lambda: time.sleep(model_seconds)) if model_seconds else None
+    res = evaluate_pairs(evaluator, pairs, before_each=sleep)
     wall = time.perf_counter() - start - model_seconds * len(pairs)
     if cpu is not None:
         cpu.append(_cpu_seconds(start=False) - cpu_start)

@@ -1,4 +1,4 @@
-"""Throughput and cost steps of ``tools/gpu_check.py``, on ``tools/benchmark.py``'s machinery.
+"""Throughput and cost steps of ``dev/gpu_check.py``, on ``dev/benchmark.py``'s machinery.
 
 Models are random-init with every FrozenBatchNorm calibrated on the input batch
 (``benchmark.calibrate_frozen_bn``), so features keep unit scale (no fp16 overflow) and the
@@ -14,16 +14,18 @@ from __future__ import annotations
 import os
 import statistics
 
-import benchmark
 import detectron2
 import torch
 from detectron2.modeling import build_model
-from gpu_check_steps import REPO, CheckSettings, Goal, StepResult, finite, markdown_table
 
-PANOPTIC_FCN = f"{REPO}/configs/COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml"
-PANOPTIC_FPN = f"{REPO}/configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
-PAFPN_MASK_RCNN = f"{REPO}/configs/COCO-InstanceSegmentation/mask_rcnn_R_50_PAFPN_1x.yaml"
-PANET = f"{REPO}/configs/COCO-InstanceSegmentation/panet_R_50_1x.yaml"
+from dev import benchmark
+from dev.common import config_path
+from dev.gpu_check_steps import CheckSettings, Goal, StepResult, finite, markdown_table
+
+PANOPTIC_FCN = config_path("COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
+PANOPTIC_FPN = config_path("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml")
+PAFPN_MASK_RCNN = config_path("COCO-InstanceSegmentation/mask_rcnn_R_50_PAFPN_1x.yaml")
+PANET = config_path("COCO-InstanceSegmentation/panet_R_50_1x.yaml")
 # detectron2's own model-zoo configs: the real competitors.
 D2_PANOPTIC_FPN = "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
 D2_MASK_RCNN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"

@@ -1,4 +1,4 @@
-"""tools/compare_panet_official.py: the pieces that need no official code (shims, matching,
+"""dev/compare_panet_official.py: the pieces that need no official code (shims, matching,
 config checks), and, when a checkout of ShuLiu1993/PANet is found (``PANET_OFFICIAL_ROOT`` or
 ``../ref/PANet`` next to the repository; CI has none), the official model build and one parity
 run."""
@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import CfgNode
-from helpers import REPO, load_script
+from helpers import REPO
 from torchvision.ops import nms, roi_align
+
+import dev.compare_panet_official
 
 OFFICIAL_ROOT = os.environ.get(
     "PANET_OFFICIAL_ROOT", os.path.join(os.path.dirname(REPO), "ref", "PANet")
@@ -22,7 +24,7 @@ needs_official = pytest.mark.skipif(not HAS_OFFICIAL, reason="no ShuLiu1993/PANe
 
 @pytest.fixture(scope="module")
 def tool():
-    return load_script("tools/compare_panet_official.py")
+    return dev.compare_panet_official
 
 
 @pytest.fixture

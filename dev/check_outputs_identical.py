@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Before/after check of a refactoring: every model family gives bit-identical results.
 
-    python tools/check_outputs_identical.py save before.pt     # on the old code
-    python tools/check_outputs_identical.py save after.pt      # on the new code
-    python tools/check_outputs_identical.py compare before.pt after.pt
+    python -m dev.check_outputs_identical save before.pt     # on the old code
+    python -m dev.check_outputs_identical save after.pt      # on the new code
+    python -m dev.check_outputs_identical compare before.pt after.pt
 
 ``save`` builds each family from its synthetic quick-schedule config (tiny sizes, seed 0, one
 intra-op thread), runs one training step on two fixed synthetic images (losses, then the SHA-256
@@ -21,27 +21,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
 import sys
 from typing import Any
 
 import numpy as np
 import torch
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+from detectron2.utils.events import EventStorage
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Instances  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
-
-from panoptic_ext import model_zoo  # noqa: E402
-from panoptic_ext.checkpoint.safe_load import load_checkpoint_file  # noqa: E402
-from panoptic_ext.config import build_cfg  # noqa: E402
-from panoptic_ext.data import PanopticDatasetMapper  # noqa: E402
-from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
-from panoptic_ext.engine import Trainer  # noqa: E402
+from panoptic_ext import model_zoo
+from panoptic_ext.checkpoint.safe_load import load_checkpoint_file
+from panoptic_ext.config import build_cfg
+from panoptic_ext.data import PanopticDatasetMapper
+from panoptic_ext.data.datasets import register_synthetic_datasets
+from panoptic_ext.engine import Trainer
 
 SIZE = 64
 TINY = [

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time of the JSON checks made while a COCO-panoptic dataset is loaded, side by side.
 
-    python tools/benchmark_dataset_loading.py [--images 118287] [--segments 11] [--repeats 3]
+    python -m dev.benchmark_dataset_loading [--images 118287] [--segments 11] [--repeats 3]
 
 Writes a COCO-train-sized JSON (118287 images, 11 segments each, 133 categories by default) to a
 temporary folder, then times, interleaved in one run: ``json.load`` alone, the checks alone

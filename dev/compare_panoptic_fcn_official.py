@@ -2,7 +2,7 @@
 """Our Panoptic FCN vs the official implementation (dvlab-research/PanopticFCN): output parity
 and side-by-side speed on the same weights and images.
 
-    python tools/compare_panoptic_fcn_official.py --official-root /path/to/PanopticFCN \\
+    python -m dev.compare_panoptic_fcn_official --official-root /path/to/PanopticFCN \\
         [--config-file OURS.yaml] [--official-config-file THEIRS.yaml] [--weights OURS.pth] \\
         [--save-weights OUT.pth] [--num-images N] [--size HxW] [--images dataset|random|blank] \\
         [--our-batch] [--no-calibrate] [--time [--repeats R] [--batch-sizes 1,2,4] \\
@@ -84,34 +84,32 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import build as meta_arch_build
 from detectron2.utils.events import EventStorage
 from fvcore.common.registry import Registry
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from panoptic_ext.checkpoint.safe_load import load_checkpoint_file  # noqa: E402
-from panoptic_ext.cli.convert_panoptic_fcn_official import panoptic_fcn_cpu_config  # noqa: E402
-from panoptic_ext.data import PanopticDatasetMapper  # noqa: E402
-from panoptic_ext.data.datasets import register_synthetic_datasets  # noqa: E402
-from panoptic_ext.evaluation.compare import (  # noqa: E402
+from dev import common
+from dev.common import config_path
+from panoptic_ext.checkpoint.safe_load import load_checkpoint_file
+from panoptic_ext.cli.convert_panoptic_fcn_official import panoptic_fcn_cpu_config
+from panoptic_ext.data import PanopticDatasetMapper
+from panoptic_ext.data.datasets import register_synthetic_datasets
+from panoptic_ext.evaluation.compare import (
     PARITY_TOLERANCE,
     Tolerance,
     compare_results,
     describe_segment,
 )
-from panoptic_ext.modeling.panoptic_fcn.official_keys import (  # noqa: E402
+from panoptic_ext.modeling.panoptic_fcn.official_keys import (
     OFFICIAL_CONFIG_KEYS,
     OFFICIAL_HARD_CODED,
     convert_official_state_dict,
     ours_to_official,
 )
-from panoptic_ext.utils.yaml_config import merge_config_file  # noqa: E402
+from panoptic_ext.utils.yaml_config import merge_config_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO, "configs/COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
+DEFAULT_CONFIG = config_path("COCO-PanopticSegmentation/panoptic_fcn_R_50_1x.yaml")
 INTERMEDIATE_RTOL = 1e-3
 _P = "MODEL.PANOPTIC_FCN."
 # Short names used by the tests and older notes.
@@ -248,65 +246,39 @@ def ours_to_official_state(state: dict[str, torch.Tensor], cfg: CfgNode) -> dict
     return out
 
 
+# Unit output spread (std) of the official model's center / region predictors, kernel-head output
+# and kernel embeddings (biases kept); the embeddings are rescaled again by the second pass.
+OFFICIAL_UNIT_SPREAD = {
+    name: 1.0
+    for name in (
+        "position_head.out_inst",
+        "position_head.out_sem",
+        "kernel_head.out_conv",
+        "thing_generator.embed_extractor",
+        "stuff_generator.embed_extractor",
+    )
+}
+
+
 @torch.no_grad()
 def calibrate_random_init(model: torch.nn.Module, batched_inputs: list[dict]) -> None:
     """Make a randomly initialised official model informative (weights changed in place).
 
-    Data-dependent init on ``batched_inputs``: every FrozenBN gets the batch statistics of its
-    input (so the random backbone keeps unit-scale features instead of ~1e3), the center/region
-    predictors and the kernel head output get unit output spread (predictor biases kept), the
-    encoder convs zero-mean pre-ReLU outputs (bias shift), and the two kernel embeddings are
-    scaled so mask logits have a spread of ~3.
+    Data-dependent init on ``batched_inputs`` (:func:`dev.common.calibrate_random_init`): every
+    FrozenBN of the backbone gets the batch statistics of its input (so the random backbone
+    keeps unit-scale features instead of ~1e3), the encoder convs zero-mean pre-ReLU outputs
+    (bias shift, so that thing masks do not cover the whole image), the modules of
+    :data:`OFFICIAL_UNIT_SPREAD` unit output spread; then a second pass scales the two kernel
+    embeddings so that mask logits have a spread of ~3.
     """
-    _calibrate_features(model, batched_inputs)
+    common.calibrate_random_init(
+        model,
+        batched_inputs,
+        bn_root=model.backbone,
+        centred=common.activated_convs(model.feature_encoder),
+        spreads=OFFICIAL_UNIT_SPREAD,
+    )
     _calibrate_mask_logits(model, batched_inputs)
-
-
-def _calibrate_features(model: torch.nn.Module, batched_inputs: list[dict]) -> None:
-    """FrozenBN statistics, zero-mean encoder maps, unit-spread predictors (one forward)."""
-    hooks = []
-
-    def bn_stats(mod, args):
-        x = args[0]
-        mod.running_mean.copy_(x.mean((0, 2, 3)))
-        mod.running_var.copy_(x.var((0, 2, 3)).clamp(min=1e-4) - mod.eps)
-
-    def unit_spread(mod, args, out):
-        if getattr(mod, "_calibrated", False):
-            return None
-        bias = 0 if mod.bias is None else mod.bias.view(1, -1, 1, 1)
-        s = float((out - bias).std())
-        mod.weight.div_(s)
-        mod._calibrated = True
-        return (out - bias) / s + bias
-
-    def centre(mod, args, out):  # runs with mod.activation None: out is the pre-ReLU map
-        mean = out.mean((0, 2, 3))
-        mod.bias.sub_(mean)
-        return torch.relu(out - mean.view(1, -1, 1, 1))
-
-    for m in model.backbone.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            hooks.append(m.register_forward_pre_hook(bn_stats))
-    # Zero-mean pre-ReLU encoder maps, so that thing masks do not cover the whole image.
-    encoder_convs = [
-        m
-        for m in model.feature_encoder.modules()
-        if getattr(m, "activation", None) is not None and getattr(m, "bias", None) is not None
-    ]
-    for m in encoder_convs:
-        m.activation = None
-        hooks.append(m.register_forward_hook(centre))
-    pos, ker = model.position_head, model.kernel_head
-    for conv in (pos.out_inst, pos.out_sem, ker.out_conv):
-        hooks.append(conv.register_forward_hook(unit_spread))
-    for gen in (model.thing_generator, model.stuff_generator):
-        hooks.append(gen.embed_extractor.register_forward_hook(unit_spread))
-    model(batched_inputs)
-    for h in hooks:
-        h.remove()
-    for m in encoder_convs:
-        m.activation = F.relu
 
 
 def _calibrate_mask_logits(model: torch.nn.Module, batched_inputs: list[dict]) -> None:

@@ -6,10 +6,10 @@
 #   .gpu_carry/detectron2/   detectron2's source from ../shared/vendor, importable from
 #                            PYTHONPATH without its compiled ops (we use none of them), with the
 #                            model-zoo configs and projects/ where an installed copy has them
-# then prints the device call: carry [".gpu_carry"], command `bash tools/gpu_check.sh --out $OUT`.
+# then prints the device call: carry [".gpu_carry"], command `bash dev/gpu_check.sh --out $OUT`.
 #
-#   bash tools/prepare_gpu_carry.sh                 # wheels for the GPU image's Python (3.12)
-#   GPU_PYTHON_VERSION=3.11 bash tools/prepare_gpu_carry.sh   # e.g. to rehearse with this Python
+#   bash dev/prepare_gpu_carry.sh                 # wheels for the GPU image's Python (3.12)
+#   GPU_PYTHON_VERSION=3.11 bash dev/prepare_gpu_carry.sh   # e.g. to rehearse with this Python
 #
 # Environment: PYTHON (a pip that reaches the registry, default python3), GPU_PYTHON_VERSION,
 # DETECTRON2_SRC (a source tarball or folder; default ../shared/vendor/detectron2-src-*.tar.gz).
@@ -66,6 +66,6 @@ fi
 cat <<EOF
 == device call (from this checkout; the device tool sends the checkout the session started in):
    carry:     [".gpu_carry"]
-   command:   bash tools/gpu_check.sh --out \$OUT
+   command:   bash dev/gpu_check.sh --out \$OUT
    timeout_s: 600   (the check keeps to --budget-s 480; a rerun of failed steps: --steps a,b)
 EOF

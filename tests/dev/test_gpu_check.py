@@ -1,4 +1,4 @@
-"""tools/gpu_check.py: the prepared GPU check, run end to end at tiny sizes on CPU.
+"""dev/gpu_check.py: the prepared GPU check, run end to end at tiny sizes on CPU.
 
 The same steps as on a GPU (environment, device tests, Panoptic FCN throughput, Panoptic FPN
 ours vs detectron2, PANet vs Mask R-CNN, the four quick schedules), the JSON and markdown
@@ -13,7 +13,9 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, load_script, one_thread
+from helpers import REPO, one_thread
+
+import dev.gpu_check
 
 STEPS = [
     "env",
@@ -30,7 +32,7 @@ STEPS = [
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    return load_script("tools/gpu_check.py")
+    return dev.gpu_check
 
 
 def _summary(out) -> dict:
@@ -102,7 +104,7 @@ def test_spent_budget_leaves_steps_out(gpu_check, tmp_path):
 
 
 def test_tests_step_reports_a_pytest_run_stopped_at_the_limit(gpu_check, tmp_path):
-    import gpu_check_steps as steps  # on sys.path since the gpu_check fixture loaded the tool
+    from dev import gpu_check_steps as steps
 
     settings = steps.CheckSettings("cpu", True, str(tmp_path), 0, time_limit_s=21.0)  # 1 s left
     result = steps.tests_step(settings)
