@@ -16,7 +16,7 @@ PAFPN_NAME = "build_resnet_pafpn_backbone"
 def _cfg(*opts):
     # GroupNorm ResNet-18 with a 32-channel FPN (GN(32, 32) is valid), random init.
     return load_cfg(
-        "quick_schedules/Base-Synthetic.yaml",
+        "quick_schedules/Base-Synthetic-Panoptic-FPN.yaml",
         "MODEL.FPN.OUT_CHANNELS",
         32,
         "MODEL.BACKBONE.NAME",
