@@ -5,7 +5,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from torch import nn
 
-from .layers import ConvTower
+from .conv_tower import ConvTower
 
 __all__ = ["FeatureEncoder"]
 

@@ -6,7 +6,7 @@ Both heads are shared over the head levels (P3-P7): they are called once per lev
 import torch
 from torch import nn
 
-from .layers import ConvTower
+from .conv_tower import ConvTower
 
 __all__ = ["PositionHead", "KernelHead", "KernelEmbedding"]
 

@@ -13,10 +13,10 @@ from torch import nn
 
 from ...layers.conv_bn_fold import fold_frozen_batchnorm
 from ...layers.modulated_deform_conv import ModulatedDeformConvBlock
+from .conv_tower import ConvTower
 from .encoder import FeatureEncoder
 from .heads import KernelEmbedding, KernelHead, PositionHead
 from .inference import InferenceSettings, LowResPredictions, lowres_predictions
-from .layers import ConvTower
 from .losses import LossSettings, panoptic_fcn_losses
 from .postprocess import postprocess_image
 from .targets import TargetSettings, build_targets, collate_ground_truth
