@@ -16,7 +16,7 @@ from detectron2.modeling import (
 from helpers import CONFIGS, build_tiny_model, load_cfg, register_tiny
 
 import panoptic_ext
-from panoptic_ext.engine.checks import check_class_counts
+from panoptic_ext.engine.class_count_checks import check_class_counts
 from panoptic_ext.utils.yaml_config import merge_config_file
 
 ALL_YAMLS = sorted(

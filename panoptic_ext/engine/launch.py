@@ -14,7 +14,7 @@ from ..config import build_cfg
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
 from ..utils.determinism import enable_deterministic_mode
 from ..utils.write_errors import reporting_write_errors
-from .config_checks import check_config_values
+from .config_value_checks import check_config_values
 from .distributed import external_launch_from_env, leave_process_group, run_external_worker
 from .output_dir import claim_output_dir_all_ranks, release_output_dir
 from .trainer import Trainer
