@@ -9,7 +9,7 @@
 For each image: the ground-truth panoptic overlay, then the targets of the config's model family
 after its training augmentations: the semantic target (things-as-one or all classes), the
 instances (masks, boxes, classes) and, for Panoptic FCN, the center heatmaps and stuff maps
-(:mod:`panoptic_ext.engine.browse`). Colours and names come from the dataset metadata.
+(:mod:`panoptic_ext.vis.browse`). Colours and names come from the dataset metadata.
 """
 
 import argparse
@@ -20,8 +20,8 @@ import cv2
 from detectron2.data import DatasetCatalog
 
 from ..config import build_cfg
-from ..engine.browse import DatasetBrowser, contact_sheet, panel_row
 from ..engine.launch import register_config_datasets
+from ..vis.browse import DatasetBrowser, contact_sheet, panel_row
 
 
 def parse_args(argv=None) -> argparse.Namespace:
