@@ -131,7 +131,7 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode) -> nn.Module:
         check_class_counts(cfg)
         model = super().build_model(cfg)
-        if cfg.SOLVER.SPARSE_ROI_ALIGN_GRAD:
+        if cfg.MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD:
             use_sparse_roi_align_grad(model)  # acts on CPU in training only
         return model
 

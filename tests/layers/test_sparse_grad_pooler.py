@@ -1,6 +1,6 @@
 """``use_sparse_roi_align_grad``: detectron2's poolers with a fixed sampling ratio get the sparse
 RoIAlign backward on CPU (same forward, same gradient up to float rounding); the Trainer applies
-it under ``SOLVER.SPARSE_ROI_ALIGN_GRAD``."""
+it under ``MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD``."""
 
 import torch
 from detectron2.layers import ROIAlign
