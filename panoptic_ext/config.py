@@ -16,13 +16,15 @@ from .data.config import add_panoptic_data_config
 from .evaluation.config import add_evaluation_config
 from .modeling.backbone.pafpn import add_pafpn_config
 from .modeling.panoptic_fcn.config import add_panoptic_fcn_config
+from .modeling.roi_heads.config import add_roi_pooler_config
 from .modeling.roi_heads.panet import add_panet_config
 from .modeling.semantic_fpn import add_semantic_fpn_config
 from .solver.config import add_solver_config
+from .utils.config_keys import accept_renamed_keys, upgrade_renamed_keys
 from .utils.determinism import add_determinism_config
 from .utils.yaml_config import merge_config_file
 
-__all__ = ["add_panoptic_ext_config", "build_cfg", "check_overrides"]
+__all__ = ["RENAMED_KEYS", "add_panoptic_ext_config", "build_cfg", "check_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ _ADDERS = (
     add_determinism_config,
     add_checkpoint_config,
     add_solver_config,
+    add_roi_pooler_config,
     add_semantic_fpn_config,
     add_pafpn_config,
     add_panet_config,
@@ -39,13 +42,23 @@ _ADDERS = (
 )
 
 
+# Old name -> new name of every renamed key. The old name still merges from yaml files and
+# overrides; build_cfg moves its value to the new name with a deprecation warning.
+RENAMED_KEYS: dict[str, str] = {
+    "SOLVER.SPARSE_ROI_ALIGN_GRAD": "MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD",
+}
+
+
 def add_panoptic_ext_config(cfg: CfgNode) -> CfgNode:
     """Add all panoptic_ext keys to ``cfg`` (in place) and return it.
 
-    Calling it twice is harmless: keys that already exist keep their current values.
+    Calling it twice is harmless: keys that already exist keep their current values. The old
+    names of :data:`RENAMED_KEYS` are added too (value None), so that configs written with them
+    still merge.
     """
     for adder in _ADDERS:
         adder(cfg)
+    accept_renamed_keys(cfg, RENAMED_KEYS)
     return cfg
 
 
@@ -85,6 +98,9 @@ def build_cfg(
             "cpu" with a warning, so every config runs anywhere.
         freeze: return a frozen config (what the trainer expects).
 
+    A key of :data:`RENAMED_KEYS` given under its old name sets the new name, with a deprecation
+    warning naming both; the returned config holds only the new name.
+
     The yaml chain is read as plain YAML only (:func:`~panoptic_ext.utils.yaml_config.
     merge_config_file`): a file with a ``!!python/...`` tag is refused, never executed.
 
@@ -106,6 +122,7 @@ def build_cfg(
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as e:  # yacs asserts on unknown override keys
         raise KeyError(f"command-line override: {e}") from e
+    upgrade_renamed_keys(cfg, RENAMED_KEYS)
     if device is not None:
         cfg.MODEL.DEVICE = device
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

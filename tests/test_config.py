@@ -16,7 +16,7 @@ from detectron2.modeling import (
 from helpers import CONFIGS, build_tiny_model, load_cfg, register_tiny
 
 import panoptic_ext
-from panoptic_ext.engine.checks import check_class_counts
+from panoptic_ext.engine.class_count_checks import check_class_counts
 from panoptic_ext.utils.yaml_config import merge_config_file
 
 ALL_YAMLS = sorted(
@@ -75,6 +75,31 @@ def test_unknown_config_key_is_named(tmp_path):
     cfg = panoptic_ext.add_panoptic_ext_config(get_cfg())
     with pytest.raises(KeyError, match="MODEL.SEM_SEG_HEAD.NUM_CLASES"):
         merge_config_file(cfg, str(bad))
+
+
+def test_renamed_key_still_works_with_a_deprecation_warning(tmp_path, caplog):
+    """SOLVER.SPARSE_ROI_ALIGN_GRAD (old name) sets MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD from a
+    yaml file or an override, warning with both names; the built config holds the new name only."""
+    from panoptic_ext.config import build_cfg
+
+    base = f"{CONFIGS}/quick_schedules/panoptic_fpn_synthetic.yaml"
+    old = tmp_path / "old.yaml"
+    old.write_text(f'_BASE_: "{base}"\nSOLVER:\n  SPARSE_ROI_ALIGN_GRAD: false\n')
+    assert build_cfg(base).MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD is True  # the default
+    for config_file, opts in ((str(old), []), (base, ["SOLVER.SPARSE_ROI_ALIGN_GRAD", "False"])):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="panoptic_ext"):
+            cfg = build_cfg(config_file, opts)
+        assert cfg.MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD is False
+        assert "SPARSE_ROI_ALIGN_GRAD" not in cfg.SOLVER
+        warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+        assert len(warned) == 1 and "MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD" in warned[0]
+        assert "SOLVER.SPARSE_ROI_ALIGN_GRAD" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="panoptic_ext"):
+        cfg = build_cfg(base, ["MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD", "False"])
+    assert cfg.MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD is False
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
 
 
 def test_class_count_mismatch_names_key_and_dataset():

@@ -23,6 +23,7 @@ LAYERS = {
     "checkpoint": 2,
     "solver": 2,
     "evaluation": 3,  # reads ground truth with data's PNG reader
+    "vis": 3,  # draws datasets, training targets (data, modeling), metrics and predictions
     "config": 4,  # add_panoptic_ext_config (every part's adder) and build_cfg
     "model_zoo": 5,
     "engine": 6,

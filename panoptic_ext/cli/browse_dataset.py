@@ -9,7 +9,7 @@
 For each image: the ground-truth panoptic overlay, then the targets of the config's model family
 after its training augmentations: the semantic target (things-as-one or all classes), the
 instances (masks, boxes, classes) and, for Panoptic FCN, the center heatmaps and stuff maps
-(:mod:`panoptic_ext.engine.browse`). Colours and names come from the dataset metadata.
+(:mod:`panoptic_ext.vis.browse`). Colours and names come from the dataset metadata.
 """
 
 import argparse
@@ -19,9 +19,8 @@ import sys
 import cv2
 from detectron2.data import DatasetCatalog
 
-from ..config import build_cfg
-from ..engine.browse import DatasetBrowser, contact_sheet, panel_row
-from ..engine.launch import register_config_datasets
+from ..engine.launch import build_cfg_with_datasets
+from ..vis.browse import DatasetBrowser, contact_sheet, panel_row
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_images < 1 or args.first < 0 or args.height < 16:
         print("error: need --num-images >= 1, --first >= 0, --height >= 16", file=sys.stderr)
         return 2
-    cfg = build_cfg(args.config_file, args.opts, device="cpu")
-    register_config_datasets(cfg)
+    cfg = build_cfg_with_datasets(args.config_file, args.opts, device="cpu")
     name = args.dataset or cfg.DATASETS.TRAIN[0]
     if name not in DatasetCatalog.list():
         print(f"error: dataset {name!r} is not registered", file=sys.stderr)

@@ -20,8 +20,9 @@ file carries its preprocessing, post-processing settings and test-set name).
 
 Output paths are checked before the model is built (no output over an input, writable folders,
 a video extension for ``--video-input``); an image that fails is skipped with the reason, a
-failed write stops the run naming the file; overlays are drawn at most ``OVERLAY_MAX_SIDE``
-pixels wide and high; SIGTERM still writes ``predictions.json`` (see RELIABILITY.md).
+failed write stops the run naming the file; overlays are drawn at most
+:data:`~panoptic_ext.vis.predictions.OVERLAY_MAX_SIDE` pixels wide and high; SIGTERM still
+writes ``predictions.json`` (see RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -39,182 +40,33 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
-from detectron2.structures import Instances
-from detectron2.utils.visualizer import ColorMode, Visualizer
-from PIL import Image
 
 from ..config import build_cfg
-from ..data import PanopticDatasetMapper
 from ..data.datasets import register_synthetic_datasets
-from ..data.image_io import UnreadableImageError, UnsupportedImageError, read_image
-from ..engine import Trainer
-from ..engine.launch import register_config_datasets
-from ..export import ExportedPredictor
-from ..structures.boxes import segment_boxes
-from ..structures.panoptic_ids import id_to_rgb
+from ..data.image_io import UnreadableImageError, UnsupportedImageError
+from ..engine.launch import build_cfg_with_datasets
+from ..engine.predictor import DemoPredictor, check_input_format, demo_metadata, panoptic_record
+from ..export import ExportedDemoPredictor
 from ..utils.meta_arch import META_ARCHITECTURES, ModelOutput
 from ..utils.paths import refuse_outputs_over_inputs
 from ..utils.write_errors import OutputWriteError, reporting_write_errors, write_bytes
+from ..vis.predictions import visualize
 from .demo_inputs import (
     IMAGE_EXTENSIONS,
     DemoInput,
     DemoResults,
-    expand_inputs,
     not_a_regular_file,
     plan_inputs,
 )
 
-__all__ = [
-    "DemoPredictor",
-    "ExportedDemoPredictor",
-    "build_predictor",
-    "check_output_paths",
-    "expand_inputs",
-    "fit_for_drawing",
-    "main",
-    "panoptic_record",
-    "plan_inputs",
-    "visualize",
-]
+__all__ = ["build_predictor", "check_output_paths", "main", "parse_args"]
 
 logger = logging.getLogger("panoptic_ext.demo")
 
 # An image that cannot be read is skipped (named in the log), the others still run.
 _UNREADABLE = (UnreadableImageError, UnsupportedImageError)
-# Overlays are drawn with their longest side at most this many pixels: detectron2's Visualizer
-# (matplotlib) took 10 GB for an 8000x8000 image. Predictions and COCO-panoptic PNGs keep the
-# input's size.
-OVERLAY_MAX_SIDE = 2048
 # --output of --video-input: containers OpenCV writes with the "mp4v" codec.
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi")
-# ImageNet means differ by ~20 between the R and B channels; a smaller gap says nothing.
-_MEAN_ORDER_MARGIN = 5.0
-
-
-def check_input_format(cfg: CfgNode) -> str | None:
-    """Explain a mismatch between ``INPUT.FORMAT`` and the channel order of ``MODEL.PIXEL_MEAN``.
-
-    Natural images have a larger red than blue mean (ImageNet: R 123.7, B 103.5), so a BGR
-    model's mean starts with the smaller value and an RGB model's with the larger one. A
-    mismatch feeds the network swapped colours (e.g. one bogus whole-image segment).
-
-    Returns:
-        a message when the order contradicts the format, else None (also for custom means
-        where R and B are too close to tell).
-    """
-    fmt, mean = cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN)
-    if fmt not in ("BGR", "RGB") or len(mean) != 3 or abs(mean[0] - mean[2]) < _MEAN_ORDER_MARGIN:
-        return None
-    looks = "BGR" if mean[0] < mean[2] else "RGB"
-    if looks == fmt:
-        return None
-    return (
-        f"INPUT.FORMAT is {fmt} but MODEL.PIXEL_MEAN {mean} is in {looks} order "
-        f"(first channel {'<' if looks == 'BGR' else '>'} last); the model will see swapped "
-        f"colours. Set INPUT.FORMAT {looks} or reorder PIXEL_MEAN/PIXEL_STD."
-    )
-
-
-def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:
-    """Frozen config with every panoptic_ext key, on CPU when CUDA is absent."""
-    cfg = build_cfg(config_file, opts)
-    register_config_datasets(cfg)  # class names of DATASETS.TEST[0] (synthetic or the user's)
-    return cfg
-
-
-def demo_metadata(cfg: CfgNode, dataset: str | None = None) -> Any:
-    """Class names and id maps: ``dataset``'s, else the config's first registered test/train set.
-
-    COCO configs run without the COCO files on disk: detectron2's own COCO panoptic metadata
-    (same separated convention) then supplies the names.
-    """
-    names = [dataset] if dataset else list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    for name in names:
-        try:
-            if MetadataCatalog.get(name).get("thing_classes") is not None:
-                return MetadataCatalog.get(name)
-        except FileNotFoundError as e:  # a builtin dataset whose files are not here
-            logger.info(f"no metadata from '{name}': {e}")
-    if any(name.startswith("coco_") for name in names):
-        return MetadataCatalog.get("coco_2017_val_panoptic_separated")
-    logger.warning(f"no registered dataset among {names}: no class names (use --dataset)")
-    return MetadataCatalog.get(names[0] if names else "__unused")
-
-
-class DemoPredictor:
-    """Model + the evaluation path's preprocessing, for one image at a time.
-
-    ``__call__(path)`` runs ``PanopticDatasetMapper(cfg, is_train=False)`` on the file, exactly
-    as the test loader does; ``on_frame(bgr)`` applies the same colour conversion and resize
-    to an in-memory BGR frame (video).
-    """
-
-    def __init__(self, cfg: CfgNode):
-        self.cfg = cfg
-        self.model = Trainer.build_model(cfg)
-        self.model.eval()
-        checkpointer = Trainer.build_checkpointer(cfg, self.model, inference=True)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-        self.mapper = PanopticDatasetMapper(cfg, is_train=False)
-        self.augmentations = T.AugmentationList(
-            PanopticDatasetMapper.from_config(cfg, False)["augmentations"]
-        )
-
-    @torch.no_grad()
-    def _run(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return self.model([inputs])[0]
-
-    def __call__(self, path: str) -> tuple[np.ndarray, dict[str, Any]]:
-        """Returns the image as RGB uint8 (H, W, 3) and the model's output dict.
-
-        Raises:
-            UnsupportedImageError: 16-bit, float, CMYK, ... images; UnreadableImageError: files
-            that are not images, truncated, missing.
-        """
-        rgb = read_image(path, format="RGB")
-        h, w = rgb.shape[:2]
-        inputs = self.mapper(
-            {"file_name": path, "image_id": os.path.basename(path), "height": h, "width": w}
-        )
-        return rgb, self._run(inputs)
-
-    def on_frame(self, bgr: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        """Same as ``__call__`` for a decoded (H, W, 3) uint8 BGR frame."""
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        # The same conversion read_image applies to a decoded file.
-        image = utils.convert_PIL_to_numpy(Image.fromarray(rgb), self.cfg.INPUT.FORMAT)
-        aug_input = T.AugInput(image)
-        self.augmentations(aug_input)
-        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-        h, w = bgr.shape[:2]
-        return rgb, self._run({"image": tensor, "height": h, "width": w})
-
-
-class ExportedDemoPredictor:
-    """:class:`DemoPredictor`'s interface over an exported model (``--onnx``).
-
-    Files are read as the test loader reads them (EXIF orientation applied, then the model's
-    colour order); the predictor resizes them as ``INPUT.MIN/MAX_SIZE_TEST`` did at export time.
-    """
-
-    def __init__(self, path: str):
-        self.predictor = ExportedPredictor(path)
-        self.spec = self.predictor.spec
-
-    def __call__(self, path: str) -> tuple[np.ndarray, dict[str, Any]]:
-        rgb = read_image(path, format="RGB")  # refuses 16-bit, float, CMYK as the eager path
-        image = rgb if self.spec.input_format == "RGB" else rgb[:, :, ::-1]
-        tensor = self.predictor.preprocess(np.ascontiguousarray(image))
-        return rgb, self.predictor.run_tensor(tensor, *rgb.shape[:2])
-
-    def on_frame(self, bgr: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        return np.ascontiguousarray(bgr[:, :, ::-1]), self.predictor(bgr)
 
 
 def build_predictor(
@@ -228,7 +80,7 @@ def build_predictor(
     if args.onnx:
         predictor = ExportedDemoPredictor(args.onnx)
         if args.config_file:
-            cfg = setup_cfg(args.config_file, args.opts)
+            cfg = build_cfg_with_datasets(args.config_file, args.opts)
         else:
             cfg = build_cfg(None, args.opts)
             register_synthetic_datasets()  # class names of the synthetic quick schedules
@@ -236,98 +88,13 @@ def build_predictor(
         metadata = demo_metadata(cfg, dataset)
         check(metadata, predictor.spec.meta_architecture)
         return predictor, metadata, predictor.spec.meta_architecture
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = build_cfg_with_datasets(args.config_file, args.opts)
     problem = check_input_format(cfg)
     if problem:
         logger.warning(problem)
     metadata = demo_metadata(cfg, args.dataset)
     check(metadata, cfg.MODEL.META_ARCHITECTURE)
     return DemoPredictor(cfg), metadata, cfg.MODEL.META_ARCHITECTURE
-
-
-def _resize_nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(..., H, W) labels or masks resized to ``size`` by nearest neighbour, dtype kept."""
-    lead = labels.shape[:-2]
-    flat = labels.reshape(1, -1, *labels.shape[-2:]).float()
-    resized = F.interpolate(flat, size=size, mode="nearest")
-    return resized.reshape(*lead, *size).to(labels.dtype)
-
-
-def fit_for_drawing(
-    rgb: np.ndarray, outputs: dict[str, Any], max_side: int = OVERLAY_MAX_SIDE
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """``rgb`` and ``outputs`` scaled so that the longest side is at most ``max_side`` (image:
-    area interpolation; labels and masks: nearest; boxes scaled); unchanged if they fit."""
-    h, w = rgb.shape[:2]
-    if max(h, w) <= max_side:
-        return rgb, outputs
-    scale = max_side / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    small = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA)
-    drawn: dict[str, Any] = {}
-    if "panoptic_seg" in outputs:
-        ids, segments = outputs["panoptic_seg"]
-        drawn["panoptic_seg"] = (_resize_nearest(ids.to("cpu"), size), segments)
-    elif "instances" in outputs:
-        instances = outputs["instances"].to("cpu")
-        fitted = Instances(size)
-        for name, value in instances.get_fields().items():
-            if name == "pred_boxes":
-                value = value.clone()
-                value.scale(size[1] / w, size[0] / h)
-            elif name == "pred_masks":
-                value = _resize_nearest(value, size)
-            fitted.set(name, value)
-        drawn["instances"] = fitted
-    else:
-        drawn["sem_seg"] = _resize_nearest(outputs["sem_seg"].to("cpu"), size)
-    return small, drawn
-
-
-def visualize(rgb: np.ndarray, outputs: dict[str, Any], metadata: Any) -> np.ndarray:
-    """RGB uint8 overlay: panoptic if predicted, else instances, else semantic; drawn at most
-    :data:`OVERLAY_MAX_SIDE` pixels wide and high (see :func:`fit_for_drawing`)."""
-    rgb, outputs = fit_for_drawing(rgb, outputs)
-    vis = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
-    if "panoptic_seg" in outputs:
-        ids, segments = outputs["panoptic_seg"]
-        out = vis.draw_panoptic_seg(ids.to("cpu"), segments)
-    elif "instances" in outputs:
-        out = vis.draw_instance_predictions(outputs["instances"].to("cpu"))
-    else:
-        out = vis.draw_sem_seg(outputs["sem_seg"].argmax(dim=0).to("cpu"))
-    return out.get_image()
-
-
-def panoptic_record(
-    outputs: dict[str, Any], metadata: Any, image_id: Any, file_name: str
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """COCO-panoptic (H, W, 3) PNG colours and annotation (dataset category ids) of one output."""
-    ids_t, segments = outputs["panoptic_seg"]
-    ids = ids_t.to("cpu").numpy().astype(np.int64)
-    thing = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
-    stuff = {v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()}
-    # Renumber ids to 1..K in segments_info order (the model's ids can be any integers).
-    lut = np.zeros(int(ids.max(initial=0)) + 1, np.int64)
-    for k, s in enumerate(segments, start=1):
-        lut[s["id"]] = k
-    index = lut[ids]
-    areas, boxes = segment_boxes(index, len(segments))
-    infos = []
-    for k, s in enumerate(segments):
-        table = thing if s.get("isthing") else stuff
-        info = {
-            "id": k + 1,
-            "category_id": int(table[s["category_id"]]),
-            "iscrowd": 0,
-            "isthing": bool(s.get("isthing")),
-            "area": int(areas[k]),
-            "bbox": boxes[k].tolist(),
-        }
-        if "score" in s:
-            info["score"] = float(s["score"])
-        infos.append(info)
-    return id_to_rgb(index), {"image_id": image_id, "file_name": file_name, "segments_info": infos}
 
 
 def _video_frames(path: str) -> Iterator[np.ndarray]:

@@ -5,13 +5,13 @@
 
 Writes ``loss.png`` (every loss term and total_loss, raw and running median), ``lr.png`` and,
 when the run evaluated, ``eval.png`` (PQ / AP / mIoU at each evaluation); see
-:mod:`panoptic_ext.engine.metrics_plot`.
+:mod:`panoptic_ext.vis.metrics_plot`.
 """
 
 import argparse
 import sys
 
-from ..engine.metrics_plot import plot_metrics
+from ..vis.metrics_plot import plot_metrics
 
 
 def main(argv: list[str] | None = None) -> int:

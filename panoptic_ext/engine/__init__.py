@@ -1,4 +1,5 @@
-"""Training and evaluation engine: trainer, hooks, evaluator table, config checks, launch."""
+"""Training and evaluation engine: trainer, hooks, evaluator table, config checks, launch, and the
+single-image predictor of the demo (:mod:`.predictor`)."""
 
 from .evaluator_table import build_evaluators
 from .hooks import ExactResumeHook, NanGuardHook

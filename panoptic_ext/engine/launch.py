@@ -14,12 +14,18 @@ from ..config import build_cfg
 from ..data.datasets import register_panoptic_dataset, register_synthetic_datasets
 from ..utils.determinism import enable_deterministic_mode
 from ..utils.write_errors import reporting_write_errors
-from .config_checks import check_config_values
+from .config_value_checks import check_config_values
 from .distributed import external_launch_from_env, leave_process_group, run_external_worker
 from .output_dir import claim_output_dir_all_ranks, release_output_dir
 from .trainer import Trainer
 
-__all__ = ["launch_main", "main", "register_config_datasets", "setup_cfg"]
+__all__ = [
+    "build_cfg_with_datasets",
+    "launch_main",
+    "main",
+    "register_config_datasets",
+    "setup_cfg",
+]
 
 # Parent of every logger of this package (modules log to logging.getLogger(__name__)).
 PROJECT_LOGGER = __name__.split(".")[0]
@@ -44,6 +50,18 @@ def register_config_datasets(cfg: CfgNode) -> list[str]:
     for entry in entries:
         register_panoptic_dataset(*entry)
     return [entry[0] for entry in entries]
+
+
+def build_cfg_with_datasets(
+    config_file: str | None, opts: list[str], device: str | None = None
+) -> CfgNode:
+    """The frozen config of a command that reads a config's datasets but trains nothing (demo,
+    dataset browser, export): :func:`~panoptic_ext.config.build_cfg`, then
+    :func:`register_config_datasets`. No output folder is claimed and no logging is set up;
+    training and evaluation use :func:`setup_cfg`."""
+    cfg = build_cfg(config_file, opts, device=device)
+    register_config_datasets(cfg)
+    return cfg
 
 
 def _checked_register_entries(entries) -> list[tuple[str, ...]]:

@@ -26,8 +26,8 @@ from ..data.train_loader import CheckedMapper, build_resumable_train_loader
 from ..evaluation.ground_truth import check_test_ground_truth
 from ..layers.roi_align_grad import use_sparse_roi_align_grad
 from ..solver import build_lr_scheduler
-from .checks import check_class_counts
-from .config_checks import check_stuff_area_limit
+from .class_count_checks import check_class_counts
+from .config_value_checks import check_stuff_area_limit
 from .evaluator_table import build_evaluators
 from .hooks import ExactResumeHook, NanGuardHook
 from .writers import build_writers
@@ -131,7 +131,7 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode) -> nn.Module:
         check_class_counts(cfg)
         model = super().build_model(cfg)
-        if cfg.SOLVER.SPARSE_ROI_ALIGN_GRAD:
+        if cfg.MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD:
             use_sparse_roi_align_grad(model)  # acts on CPU in training only
         return model
 

@@ -9,7 +9,7 @@
 from ..evaluation.compare import Comparison, Tolerance, compare_results
 from .exporter import ExportCheckError, ExportResult, export_model
 from .families import FAMILIES, family_of
-from .runtime import ExportedPredictor
+from .runtime import ExportedDemoPredictor, ExportedPredictor
 from .spec import ExportFormat, ExportSpec
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ExportFormat",
     "ExportResult",
     "ExportSpec",
+    "ExportedDemoPredictor",
     "ExportedPredictor",
     "Tolerance",
     "compare_results",

@@ -18,11 +18,18 @@ import numpy as np
 import torch
 from detectron2.data import transforms as T
 
+from ..data.image_io import read_image
 from .base import NetworkOutputs
 from .families import family_of
 from .spec import SPEC_KEY, ExportFormat, ExportSpec, settings_from_dict
 
-__all__ = ["ExportedPredictor", "OnnxRuntimeBackend", "TorchScriptBackend", "default_providers"]
+__all__ = [
+    "ExportedDemoPredictor",
+    "ExportedPredictor",
+    "OnnxRuntimeBackend",
+    "TorchScriptBackend",
+    "default_providers",
+]
 
 INPUT_NAME = "image"
 
@@ -157,3 +164,26 @@ class ExportedPredictor:
         return self.family.postprocess(
             outputs, self.settings, tuple(image.shape[-2:]), (int(height), int(width))
         )
+
+
+class ExportedDemoPredictor:
+    """:class:`~panoptic_ext.engine.predictor.DemoPredictor`'s interface over an exported model
+    (the demo's ``--onnx``): ``__call__(path)`` and ``on_frame(bgr)`` return (RGB image, outputs).
+
+    Files are read as the test loader reads them (EXIF orientation applied, then the model's
+    colour order); the predictor resizes them as ``INPUT.MIN/MAX_SIZE_TEST`` did at export time.
+    """
+
+    def __init__(self, path: str):
+        self.predictor = ExportedPredictor(path)
+        self.spec = self.predictor.spec
+
+    def __call__(self, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+        rgb = read_image(path, format="RGB")  # refuses 16-bit, float, CMYK as the eager path
+        image = rgb if self.spec.input_format == "RGB" else rgb[:, :, ::-1]
+        tensor = self.predictor.preprocess(np.ascontiguousarray(image))
+        return rgb, self.predictor.run_tensor(tensor, *rgb.shape[:2])
+
+    def on_frame(self, bgr: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Same as ``__call__`` for a decoded (H, W, 3) uint8 BGR frame."""
+        return np.ascontiguousarray(bgr[:, :, ::-1]), self.predictor(bgr)

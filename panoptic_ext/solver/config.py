@@ -6,8 +6,7 @@ from ..utils.config_keys import add_keys
 
 
 def add_solver_config(cfg: CfgNode) -> None:
-    """Add ``SOLVER.POLY_LR_POWER``, ``SOLVER.POLY_LR_CONSTANT_ENDING`` and
-    ``SOLVER.SPARSE_ROI_ALIGN_GRAD``."""
+    """Add ``SOLVER.POLY_LR_POWER`` and ``SOLVER.POLY_LR_CONSTANT_ENDING``."""
     add_keys(
         cfg,
         "SOLVER",
@@ -17,9 +16,5 @@ def add_solver_config(cfg: CfgNode) -> None:
             "POLY_LR_POWER": 0.9,
             # Floor of the poly factor after warmup, as a fraction of BASE_LR (0: decay to zero).
             "POLY_LR_CONSTANT_ENDING": 0.0,
-            # Train on CPU with the RoIAlign backward of detectron2's poolers (fixed
-            # POOLER_SAMPLING_RATIO > 0 only) as a sparse matrix product: same gradient up to
-            # float rounding; torchvision's CPU backward scatters on one thread.
-            "SPARSE_ROI_ALIGN_GRAD": True,
         },
     )

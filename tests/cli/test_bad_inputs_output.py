@@ -28,6 +28,7 @@ import panoptic_ext
 from panoptic_ext.cli import convert_dataset, convert_panoptic_fcn_official, demo, export_model
 from panoptic_ext.utils.paths import OutputIsInputError
 from panoptic_ext.utils.write_errors import OutputWriteError
+from panoptic_ext.vis.predictions import OVERLAY_MAX_SIDE
 
 TINY_OPTS_STR = [str(v) for v in TINY_OPTS]
 # Children import the panoptic_ext under test (and the tests' helpers).
@@ -297,7 +298,7 @@ def test_demo_overlay_of_a_huge_image_is_capped_the_prediction_is_not(run, image
     out = tmp_path / "out"
     assert _demo(run, [str(big)], out) == 0
     overlay = cv2.imread(str(out / "vis" / "big.png"))
-    assert overlay.shape[:2] == (round(2400 * demo.OVERLAY_MAX_SIDE / 3000), demo.OVERLAY_MAX_SIDE)
+    assert overlay.shape[:2] == (round(2400 * OVERLAY_MAX_SIDE / 3000), OVERLAY_MAX_SIDE)
     assert cv2.imread(str(out / "pan" / "big.png")).shape[:2] == (2400, 3000)
 
 

@@ -1,4 +1,5 @@
-"""demo/demo.py gives the evaluation path's segmentation, checks INPUT.FORMAT, reads inputs."""
+"""demo/demo.py and the predictor it calls (engine/predictor.py) give the evaluation path's
+segmentation, check INPUT.FORMAT, read inputs."""
 
 import importlib
 import json
@@ -20,7 +21,16 @@ from helpers import (
 )
 from PIL import Image
 
+from panoptic_ext.cli.demo_inputs import expand_inputs
 from panoptic_ext.engine import Trainer
+from panoptic_ext.engine.launch import build_cfg_with_datasets
+from panoptic_ext.engine.predictor import (
+    DemoPredictor,
+    check_input_format,
+    demo_metadata,
+    panoptic_record,
+)
+from panoptic_ext.vis.predictions import fit_for_drawing
 
 CONFIG = "quick_schedules/panoptic_fpn_synthetic.yaml"
 OPTS = [*TINY_OPTS, *KEEP_ALL_DETECTIONS_OPTS]
@@ -73,7 +83,7 @@ def test_demo_matches_evaluation_path(weights, tmp_path):
     num_things = 0
     for path in (files[0], files[1], files[3]):
         stem = os.path.splitext(os.path.basename(path))[0]
-        colors, ref = demo.panoptic_record(
+        colors, ref = panoptic_record(
             {"panoptic_seg": capture.outputs[path]}, meta, stem, stem + ".png"
         )
         png = cv2.imread(f"{out}/pan/{stem}.png")[:, :, ::-1]
@@ -91,8 +101,8 @@ def test_demo_matches_evaluation_path(weights, tmp_path):
 
 def test_frame_path_equals_file_path_and_video(weights, tmp_path):
     demo = _demo()
-    cfg = demo.setup_cfg(config_path(CONFIG), [*map(str, OPTS), "MODEL.WEIGHTS", weights])
-    predictor = demo.DemoPredictor(cfg)
+    cfg = build_cfg_with_datasets(config_path(CONFIG), [*map(str, OPTS), "MODEL.WEIGHTS", weights])
+    predictor = DemoPredictor(cfg)
     path = DatasetCatalog.get("synthetic_panoptic_val")[2]["file_name"]
     rgb, from_file = predictor(path)
     rgb2, from_frame = predictor.on_frame(np.asarray(Image.open(path))[:, :, ::-1])
@@ -116,34 +126,32 @@ def test_frame_path_equals_file_path_and_video(weights, tmp_path):
 
 
 def test_input_format_check_and_input_expansion(tmp_path):
-    demo = _demo()
     cfg = load_cfg(CONFIG)
-    assert cfg.INPUT.FORMAT == "BGR" and demo.check_input_format(cfg) is None
+    assert cfg.INPUT.FORMAT == "BGR" and check_input_format(cfg) is None
     cfg.INPUT.FORMAT = "RGB"
-    message = demo.check_input_format(cfg)
+    message = check_input_format(cfg)
     assert "INPUT.FORMAT is RGB" in message and "BGR order" in message
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
-    assert demo.check_input_format(cfg) is None
+    assert check_input_format(cfg) is None
     cfg.MODEL.PIXEL_MEAN = [110.0, 110.0, 112.0]  # too close to tell
-    assert demo.check_input_format(cfg) is None
+    assert check_input_format(cfg) is None
 
     for name in ("b.jpg", "a.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
-    assert demo.expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
-    assert demo.expand_inputs([str(tmp_path / "*.jpg"), str(tmp_path / "a.png")]) == [
+    assert expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    assert expand_inputs([str(tmp_path / "*.jpg"), str(tmp_path / "a.png")]) == [
         str(tmp_path / "b.jpg"),
         str(tmp_path / "a.png"),
     ]
     with pytest.raises(FileNotFoundError, match="missing_\\*.jpg"):
-        demo.expand_inputs([str(tmp_path / "missing_*.jpg")])
+        expand_inputs([str(tmp_path / "missing_*.jpg")])
 
 
 def test_metadata_fallback_for_coco_configs_without_files():
-    demo = _demo()
     cfg = load_cfg("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml")
-    meta = demo.demo_metadata(cfg)  # COCO is not on disk here
+    meta = demo_metadata(cfg)  # COCO is not on disk here
     assert len(meta.thing_classes) == 80 and meta.stuff_classes[0] == "things"
-    assert demo.demo_metadata(cfg, "synthetic_panoptic_val").thing_classes == [
+    assert demo_metadata(cfg, "synthetic_panoptic_val").thing_classes == [
         "disk",
         "box",
         "triangle",
@@ -161,11 +169,11 @@ def test_class_names_of_a_dataset_registered_by_the_config(tmp_path):
         c["name"] = f"my_{c['name']}"
     json.dump(data, open(root / "panoptic_val.json", "w"))
     entry = ("demo_mine", *(str(root / f) for f in ("val", "panoptic_val", "panoptic_val.json")))
-    cfg = _demo().setup_cfg(
+    cfg = build_cfg_with_datasets(
         config_path(CONFIG),
         ["DATASETS.REGISTER_PANOPTIC", repr([entry]), "DATASETS.TEST", "('demo_mine',)"],
     )
-    meta = _demo().demo_metadata(cfg)
+    meta = demo_metadata(cfg)
     assert meta.thing_classes == ["my_disk", "my_box", "my_triangle"]
     stuff = meta.stuff_classes[1:]  # [0] is the merged "things" class
     assert stuff and all(n.startswith("my_") for n in stuff), meta.stuff_classes
@@ -176,7 +184,7 @@ def test_overlay_inputs_are_fitted_to_the_drawing_cap():
     is passed through unchanged."""
     from detectron2.structures import Boxes, Instances
 
-    fit = _demo().fit_for_drawing
+    fit = fit_for_drawing
     rgb = np.zeros((1000, 3000, 3), np.uint8)
     masks = torch.zeros(1, 1000, 3000, dtype=torch.bool)
     masks[0, 500:, 1500:] = True

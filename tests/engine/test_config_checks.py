@@ -3,8 +3,8 @@
 import pytest
 from helpers import load_cfg
 
-from panoptic_ext.engine.checks import check_class_counts
-from panoptic_ext.engine.config_checks import check_config_values, check_stuff_area_limit
+from panoptic_ext.engine.class_count_checks import check_class_counts
+from panoptic_ext.engine.config_value_checks import check_config_values, check_stuff_area_limit
 from panoptic_ext.engine.launch import register_config_datasets
 
 

@@ -1,6 +1,6 @@
 """``use_sparse_roi_align_grad``: detectron2's poolers with a fixed sampling ratio get the sparse
 RoIAlign backward on CPU (same forward, same gradient up to float rounding); the Trainer applies
-it under ``SOLVER.SPARSE_ROI_ALIGN_GRAD``."""
+it under ``MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD``."""
 
 import torch
 from detectron2.layers import ROIAlign
@@ -40,3 +40,20 @@ def test_adaptive_sampling_ratio_is_left_alone():
     pooler = ROIPooler(7, (1.0,), 0, "ROIAlignV2")
     assert use_sparse_roi_align_grad(pooler) == 0
     assert type(pooler.level_poolers[0]) is ROIAlign
+
+
+def test_trainer_switches_the_poolers_under_the_roi_heads_key():
+    from helpers import TINY_OPTS, load_cfg, register_tiny
+
+    from panoptic_ext.engine import Trainer
+
+    register_tiny()
+    for value, switched in (("True", True), ("False", False)):
+        cfg = load_cfg(
+            "quick_schedules/panoptic_fpn_synthetic.yaml",
+            *TINY_OPTS,
+            "MODEL.ROI_HEADS.SPARSE_ROI_ALIGN_GRAD",
+            value,
+        )
+        model = Trainer.build_model(cfg)
+        assert any(isinstance(m, SparseGradROIAlign) for m in model.modules()) is switched

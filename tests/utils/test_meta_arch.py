@@ -15,7 +15,7 @@ from helpers import REPO, TINY_OPTS, load_cfg, register_tiny
 from panoptic_ext.data.datasets.synthetic import SYNTHETIC_CATEGORIES
 from panoptic_ext.data.train_loader import CheckedMapper
 from panoptic_ext.data.validation import check_config_class_counts
-from panoptic_ext.engine.checks import check_class_counts
+from panoptic_ext.engine.class_count_checks import check_class_counts
 from panoptic_ext.engine.evaluator_table import EVALUATOR_TABLE, build_evaluators
 from panoptic_ext.export.families import IMPLEMENTATIONS, family_of
 from panoptic_ext.utils.config_keys import config_value

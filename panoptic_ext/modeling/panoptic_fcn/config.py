@@ -42,6 +42,8 @@ def add_panoptic_fcn_config(cfg: CfgNode) -> None:
         cfg,
         f"{root}.FEATURE_ENCODER",
         {
+            # Registered encoder class (PANOPTIC_FCN_ENCODER_REGISTRY, see registry.py).
+            "NAME": "FeatureEncoder",
             # Conv layers of the encoder on top of the semantic FPN.
             "NUM_CONVS": 3,
             # E: width of the encoded feature = length of every dynamic kernel (256 in "Star").
@@ -58,6 +60,8 @@ def add_panoptic_fcn_config(cfg: CfgNode) -> None:
         cfg,
         f"{root}.POSITION_HEAD",
         {
+            # Registered position-head class (PANOPTIC_FCN_POSITION_HEAD_REGISTRY).
+            "NAME": "PositionHead",
             # Conv layers of the shared position tower.
             "NUM_CONVS": 3,
             # Width of the position tower.
@@ -123,6 +127,8 @@ def add_panoptic_fcn_config(cfg: CfgNode) -> None:
         cfg,
         f"{root}.KERNEL_HEAD",
         {
+            # Registered kernel-head class (PANOPTIC_FCN_KERNEL_HEAD_REGISTRY).
+            "NAME": "KernelHead",
             # sqrt(box area) range (input pixels, inclusive) of objects trained at each head level;
             # ranges overlap, so an object can train two levels.
             "INSTANCE_SCALES": [[1, 64], [32, 128], [64, 256], [128, 512], [256, 2048]],

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode
 
 __all__ = [
     "bool_as_uint8",
@@ -58,6 +59,29 @@ class InferenceSettings:
     thing_channel: int | None
     # Stuff category_id = channel + this offset.
     stuff_category_offset: int
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> "InferenceSettings":
+        p = cfg.MODEL.PANOPTIC_FCN
+        th, st, inf = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF, p.INFERENCE
+        return cls(
+            thing_thres=th.THRES,
+            stuff_thres=st.THRES,
+            top_num=th.TOP_NUM,
+            level_top_num=th.LEVEL_TOP_NUM,
+            peak_smooth_sizes=tuple(th.PEAK_SMOOTH_SIZES),
+            peak_pool_size=th.PEAK_POOL_SIZE,
+            mask_thres=inf.INST_THRES,
+            similar_thres=inf.SIMILAR_THRES,
+            class_specific=inf.CLASS_SPECIFIC,
+            score_floor=inf.SCORE_FLOOR,
+            combine=inf.COMBINE.ENABLE,
+            overlap_thresh=inf.COMBINE.OVERLAP_THRESH,
+            stuff_area_limit=inf.COMBINE.STUFF_AREA_LIMIT,
+            inst_thresh=inf.COMBINE.INST_THRESH,
+            thing_channel=0 if st.WITH_THING else None,
+            stuff_category_offset=0 if st.WITH_THING else 1,
+        )
 
 
 @dataclass

@@ -13,12 +13,12 @@ from torch import nn
 
 from ...layers.conv_bn_fold import fold_frozen_batchnorm
 from ...layers.modulated_deform_conv import ModulatedDeformConvBlock
-from .encoder import FeatureEncoder
-from .heads import KernelEmbedding, KernelHead, PositionHead
+from .encoder import FeatureEncoder  # noqa: F401 (registers the default encoder)
+from .heads import KernelEmbedding, KernelHead, PositionHead  # noqa: F401 (registers)
 from .inference import InferenceSettings, LowResPredictions, lowres_predictions
-from .layers import ConvTower
 from .losses import LossSettings, panoptic_fcn_losses
 from .postprocess import postprocess_image
+from .registry import build_feature_encoder, build_kernel_head, build_position_head
 from .targets import TargetSettings, build_targets, collate_ground_truth
 
 __all__ = ["PanopticFCN", "HeadOutputs", "NetworkOptions"]
@@ -43,37 +43,17 @@ def _head_channels(cfg: CfgNode, shapes: dict[str, ShapeSpec]) -> int:
 
 
 def _build_heads(cfg: CfgNode, shapes: dict[str, ShapeSpec]) -> dict[str, nn.Module]:
-    """Encoder, position and kernel heads and the two kernel generators (in this order: it is
-    the order of their random initialisation)."""
-    in_ch = _head_channels(cfg, shapes)
+    """Encoder, position and kernel heads (from their registries) and the two kernel generators
+    (in this order: it is the order of their random initialisation)."""
+    level = ShapeSpec(channels=_head_channels(cfg, shapes))
     p = cfg.MODEL.PANOPTIC_FCN
-    fpn, enc, pos, kh = p.SEMANTIC_FPN, p.FEATURE_ENCODER, p.POSITION_HEAD, p.KERNEL_HEAD
-    encoder = FeatureEncoder(
-        {f: shapes[f] for f in fpn.IN_FEATURES},
-        fpn_dim=fpn.CONVS_DIM,
-        fpn_norm=fpn.NORM,
-        common_stride=fpn.COMMON_STRIDE,
-        out_dim=enc.CONVS_DIM,
-        num_convs=enc.NUM_CONVS,
-        norm=enc.NORM,
-        deform=enc.DEFORM,
-        coord=enc.COORD,
-    )
-    position_head = PositionHead(
-        ConvTower(in_ch, pos.CONVS_DIM, pos.NUM_CONVS, pos.NORM, pos.DEFORM, pos.COORD),
-        num_thing_classes=pos.THING.NUM_CLASSES,
-        num_stuff_classes=pos.STUFF.NUM_CLASSES,
-        bias_value=pos.THING.BIAS_VALUE,
-    )
-    kernel_head = KernelHead(
-        ConvTower(in_ch, kh.CONVS_DIM, kh.NUM_CONVS, kh.NORM, kh.DEFORM, kh.COORD)
-    )
+    kernel_dim, encoded_dim = p.KERNEL_HEAD.CONVS_DIM, p.FEATURE_ENCODER.CONVS_DIM
     return {
-        "encoder": encoder,
-        "position_head": position_head,
-        "kernel_head": kernel_head,
-        "thing_generator": KernelEmbedding(kh.CONVS_DIM, enc.CONVS_DIM),
-        "stuff_generator": KernelEmbedding(kh.CONVS_DIM, enc.CONVS_DIM),
+        "encoder": build_feature_encoder(cfg, shapes),
+        "position_head": build_position_head(cfg, level),
+        "kernel_head": build_kernel_head(cfg, level),
+        "thing_generator": KernelEmbedding(kernel_dim, encoded_dim),
+        "stuff_generator": KernelEmbedding(kernel_dim, encoded_dim),
     }
 
 
@@ -101,39 +81,14 @@ class NetworkOptions:
     fold_frozen_bn: bool = False  # FOLD_FROZEN_BN
     channels_last: bool = False  # CHANNELS_LAST
 
-
-def inference_settings_from_config(cfg) -> InferenceSettings:
-    """:class:`InferenceSettings` from ``MODEL.PANOPTIC_FCN``."""
-    p = cfg.MODEL.PANOPTIC_FCN
-    th, st, inf = p.POSITION_HEAD.THING, p.POSITION_HEAD.STUFF, p.INFERENCE
-    return InferenceSettings(
-        thing_thres=th.THRES,
-        stuff_thres=st.THRES,
-        top_num=th.TOP_NUM,
-        level_top_num=th.LEVEL_TOP_NUM,
-        peak_smooth_sizes=tuple(th.PEAK_SMOOTH_SIZES),
-        peak_pool_size=th.PEAK_POOL_SIZE,
-        mask_thres=inf.INST_THRES,
-        similar_thres=inf.SIMILAR_THRES,
-        class_specific=inf.CLASS_SPECIFIC,
-        score_floor=inf.SCORE_FLOOR,
-        combine=inf.COMBINE.ENABLE,
-        overlap_thresh=inf.COMBINE.OVERLAP_THRESH,
-        stuff_area_limit=inf.COMBINE.STUFF_AREA_LIMIT,
-        inst_thresh=inf.COMBINE.INST_THRESH,
-        thing_channel=0 if st.WITH_THING else None,
-        stuff_category_offset=0 if st.WITH_THING else 1,
-    )
-
-
-def network_options_from_config(cfg) -> NetworkOptions:
-    """:class:`NetworkOptions` from ``MODEL.PANOPTIC_FCN.INFERENCE``."""
-    inf = cfg.MODEL.PANOPTIC_FCN.INFERENCE
-    return NetworkOptions(
-        deform_conv_gather=inf.DEFORM_CONV_GATHER,
-        fold_frozen_bn=inf.FOLD_FROZEN_BN,
-        channels_last=inf.CHANNELS_LAST,
-    )
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> "NetworkOptions":
+        inf = cfg.MODEL.PANOPTIC_FCN.INFERENCE
+        return cls(
+            deform_conv_gather=inf.DEFORM_CONV_GATHER,
+            fold_frozen_bn=inf.FOLD_FROZEN_BN,
+            channels_last=inf.CHANNELS_LAST,
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -153,9 +108,9 @@ class PanopticFCN(nn.Module):
         self,
         *,
         backbone: Backbone,
-        encoder: FeatureEncoder,
-        position_head: PositionHead,
-        kernel_head: KernelHead,
+        encoder: nn.Module,
+        position_head: nn.Module,
+        kernel_head: nn.Module,
         thing_generator: KernelEmbedding,
         stuff_generator: KernelEmbedding,
         head_in_features: list[str],
@@ -171,7 +126,8 @@ class PanopticFCN(nn.Module):
         """
         Args:
             backbone / encoder / position_head / kernel_head / thing_generator /
-                stuff_generator: the model parts.
+                stuff_generator: the model parts (encoder and heads: see :mod:`.registry` for
+                what each returns).
             head_in_features: backbone levels of the position and kernel heads.
             pixel_mean, pixel_std: per-channel normalisation, in the model's input order.
             ignore_value: void label of ``sem_seg`` targets.
@@ -225,8 +181,8 @@ class PanopticFCN(nn.Module):
             "with_thing": p.POSITION_HEAD.STUFF.WITH_THING,
             "target_settings": TargetSettings.from_config(cfg),
             "loss_settings": LossSettings.from_config(cfg),
-            "inference": inference_settings_from_config(cfg),
-            "network_options": network_options_from_config(cfg),
+            "inference": InferenceSettings.from_config(cfg),
+            "network_options": NetworkOptions.from_config(cfg),
         }
 
     def _apply_network_options(self) -> None:

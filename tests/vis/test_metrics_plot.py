@@ -6,7 +6,7 @@ from detectron2.utils.events import EventStorage, JSONWriter
 from PIL import Image
 
 from panoptic_ext.cli import plot_metrics as cli
-from panoptic_ext.engine.metrics_plot import read_metrics
+from panoptic_ext.vis.metrics_plot import read_metrics
 
 
 def _write_run(path, iterations, lr0=0.02, eval_every=20):
@@ -58,7 +58,7 @@ def test_bad_metrics_file_is_named(tmp_path, capsys):
 def test_loss_median_is_centred_in_iterations():
     """The smoothed curve does not lag: on a straight line the centred median is the line itself
     (away from the ends); the window counts iterations, whatever the logging period."""
-    from panoptic_ext.engine.metrics_plot import _running_median
+    from panoptic_ext.vis.metrics_plot import _running_median
 
     its = np.arange(0, 1000, 20, dtype=np.float64)  # detectron2's default period
     line = 5.0 - its / 1000

@@ -10,7 +10,7 @@ from PIL import Image
 
 from panoptic_ext.cli import browse_dataset as cli
 from panoptic_ext.data import PanopticDatasetMapper
-from panoptic_ext.engine.browse import DatasetBrowser
+from panoptic_ext.vis.browse import DatasetBrowser
 
 NAME = "synthetic_panoptic_train"
 PANELS = {
