@@ -98,7 +98,8 @@ Run-time shims (this process only; none changes the maths; ``install_official_sh
 2. ``utils.cython_nms`` / ``utils.cython_bbox``: numpy versions of the same "+1" NMS / IoU;
 3. ``six`` (not installed), numpy aliases removed in numpy 1.24 (``np.float``...), ``nn.parallel``
    (needs ``torch._six``), ``datasets.json_dataset`` (scipy; training only): stand-ins;
-4. ``yaml.load`` without a Loader (PyYAML 6) while the official yaml is merged: ``SafeLoader``;
+4. the official yaml is read by the project's safe reader (``load_plain_yaml``), then merged as
+   ``merge_cfg_from_file`` merges it;
 5. ``Tensor.cuda`` (the official forward moves numpy blobs with ``.cuda(x.get_device())``, -1 on
    CPU) keeps CPU tensors in place while the official model runs, when CUDA is absent.
 """
@@ -127,6 +128,7 @@ from panoptic_ext.evaluation.compare import Tolerance
 from panoptic_ext.modeling.roi_heads.panet_official_keys import (
     convert_panet_official_state_dict,
 )
+from panoptic_ext.utils.yaml_config import load_plain_yaml
 
 # Official configs (configs/panet/ of the checkout) and ours, per variant.
 OFFICIAL_CONFIGS = {
@@ -317,8 +319,6 @@ def official_cfg(official: dict[str, types.ModuleType], root: str, variant: str)
     The global ``core.config.cfg`` is first reset to the defaults, so several variants can be
     built one after the other in one process.
     """
-    import yaml
-
     config = official["config"]
     cfg = config.cfg
     cfg.immutable(False)
@@ -329,12 +329,8 @@ def official_cfg(official: dict[str, types.ModuleType], root: str, variant: str)
     for k, v in config._panet_parity_defaults.items():
         cfg[k] = copy.deepcopy(v)
     path = os.path.join(os.path.abspath(root), "configs", "panet", OFFICIAL_CONFIGS[variant])
-    load = yaml.load
-    yaml.load = lambda stream, Loader=yaml.SafeLoader: load(stream, Loader=Loader)  # noqa: N803
-    try:
-        config.merge_cfg_from_file(path)
-    finally:
-        yaml.load = load
+    # merge_cfg_from_file's steps, with the project's safe reader instead of yaml.load.
+    config.merge_cfg_from_cfg(config.AttrDict(load_plain_yaml(path)))
     cfg.MODEL.NUM_CLASSES = COCO_NUM_CLASSES
     cfg.MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS = False
     config.assert_and_infer_cfg(make_immutable=False)

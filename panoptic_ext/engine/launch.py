@@ -97,10 +97,12 @@ def _setup_evaluation(cfg: CfgNode, args: argparse.Namespace) -> None:
     no_output = cfg.clone()
     no_output.defrost()
     no_output.OUTPUT_DIR = None  # no file opened ("" would mean a log.txt in the cwd)
-    default_setup(no_output, args)
     rank = comm.get_rank()
-    for name in ("fvcore", "detectron2"):  # the log files default_setup would have opened
+    # The log files default_setup would have opened, attached first so that what it logs
+    # (rank and world size, environment, arguments) is in log.txt too.
+    for name in ("fvcore", "detectron2"):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, configure_stdout=False)
+    default_setup(no_output, args)
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         path = os.path.join(cfg.OUTPUT_DIR, EVAL_CONFIG_NAME)
         with reporting_write_errors(path), PathManager.open(path, "w") as f:

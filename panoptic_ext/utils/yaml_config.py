@@ -36,6 +36,7 @@ from fvcore.common.config import CfgNode as FvcoreCfgNode
 __all__ = [
     "ConfigStructureError",
     "UnsafeConfigError",
+    "load_plain_yaml",
     "merge_config_file",
     "read_config_chain",
 ]
@@ -115,8 +116,9 @@ def _short_tag(tag: str) -> str:
     return "!!" + tag[len(_YAML_TAG_PREFIX) :] if tag.startswith(_YAML_TAG_PREFIX) else tag
 
 
-def _safe_load(filename: str) -> dict[str, Any]:
-    """One file, plain YAML only; the result must be a mapping."""
+def load_plain_yaml(filename: str) -> dict[str, Any]:
+    """One yaml file, plain YAML only (no tags, aliases or repeated keys: refused naming the
+    file and line); the result must be a mapping."""
     try:
         with PathManager.open(filename, "r") as f:  # as detectron2 opens it
             loaded = yaml.load(f, Loader=_PlainLoader)  # noqa: S506 (a SafeLoader)
@@ -168,7 +170,7 @@ def read_config_chain(filename: str, _seen: tuple[str, ...] = ()) -> list[str]:
     if "://" not in filename and not os.path.isfile(filename):  # URLs: let the opener say
         named_by = f" (the _BASE_ of {_seen[-1]})" if _seen else ""
         raise FileNotFoundError(f"config file {filename} does not exist{named_by}")
-    loaded = _safe_load(filename)
+    loaded = load_plain_yaml(filename)
     bases = loaded.get(BASE_KEY, [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
