@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import yaml
 
+from ..utils.official_layouts import OFFICIAL_LAYOUTS
+
 __all__ = [
     "NonFiniteWeightsError",
     "ResumeMismatchError",
@@ -80,34 +82,16 @@ def check_finite(state: Mapping[str, Any], filename: str) -> None:
         )
 
 
-# Parameter-name prefixes of checkpoints from other code bases, and the converter of each.
-# Official PANet (Detectron.pytorch): its model classes' attribute names.
-_PANET_OFFICIAL = ("Conv_Body.", "RPN.", "Box_Head.", "Box_Outs.", "Mask_Head.", "Mask_Outs.")
-# Official Panoptic FCN: its head towers' names (our model names them encoder.tower, ...).
-_PANOPTIC_FCN_OFFICIAL = (
-    "feature_encoder.encode_head.",
-    "position_head.position_head.",
-    "kernel_head.kernel_head.",
-)
-_LAYOUTS = (
-    (
-        _PANET_OFFICIAL,
-        "the official PANet (Detectron.pytorch)",
-        "panoptic-ext-convert-panet-official",
-    ),
-    (_PANOPTIC_FCN_OFFICIAL, "the official Panoptic FCN", "panoptic-ext-convert-panoptic-fcn"),
-)
-
-
 def recognise_layout(keys: Iterable[str]) -> str | None:
     """A sentence naming the foreign layout of checkpoint ``keys`` and its converter, or None."""
     keys = [k.removeprefix("module.") for k in keys]
-    for prefixes, what, command in _LAYOUTS:
-        hits = sum(k.startswith(prefixes) for k in keys)
+    for layout in OFFICIAL_LAYOUTS:
+        hits = sum(k.startswith(layout.prefixes) for k in keys)
         if hits and (hits * 2 >= len(keys) or hits >= 10):
             return (
-                f"Its parameter names are those of {what} code base: convert the file first "
-                f"with `{command}`, then pass the converted file as MODEL.WEIGHTS."
+                f"Its parameter names are those of {layout.code_base} code base: convert the "
+                f"file first with `{layout.converter}`, then pass the converted file as "
+                "MODEL.WEIGHTS."
             )
     return None
 

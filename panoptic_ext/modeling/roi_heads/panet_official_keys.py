@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
+from ...utils.official_layouts import PANET_OFFICIAL
 from ...utils.state_dict_rename import convert_renamed_state_dict
 
 __all__ = [
@@ -30,14 +31,7 @@ __all__ = [
 ]
 
 # Top-level module names of the official Generalized_RCNN (a checkpoint's key prefixes).
-OFFICIAL_PANET_MODULES = (
-    "Conv_Body.",
-    "RPN.",
-    "Box_Head.",
-    "Box_Outs.",
-    "Mask_Head.",
-    "Mask_Outs.",
-)
+OFFICIAL_PANET_MODULES = PANET_OFFICIAL.prefixes
 # detectron2's FrozenBatchNorm2d eps (its default, used by detectron2's ResNet).
 _FROZEN_BN_EPS = 1e-5
 
