@@ -174,7 +174,8 @@ def _check(
         width = int(sample.get("width", w))
         expected = model([{"image": sample["image"], "height": height, "width": width}])[0]
         try:
-            actual = predictor.run_tensor(sample["image"], height, width)
+            outputs = predictor.backend(sample["image"])
+            actual = predictor.postprocess(outputs, (h, w), height, width)
         except Exception as e:  # e.g. a shape baked into the graph: ONNX Runtime refuses it
             problems.append(f"check input {i} ({h}x{w}): the exported model fails: {e}")
             continue
@@ -182,11 +183,10 @@ def _check(
         figures.append({"input": i, "size": [int(h), int(w)], **result.figures})
         problems += [f"check input {i} ({h}x{w}): {p}" for p in result.problems]
         if single is not None:
-            thread_diff = _max_abs_diff(predictor.backend(sample["image"]),
-                                        single.backend(sample["image"]))  # fmt: skip
-            figures[-1]["thread_output_max_diff"] = thread_diff
+            single_outputs = single.backend(sample["image"])
+            figures[-1]["thread_output_max_diff"] = _max_abs_diff(outputs, single_outputs)
             by_threads = compare_results(
-                actual, single.run_tensor(sample["image"], height, width), tolerance
+                actual, single.postprocess(single_outputs, (h, w), height, width), tolerance
             )
             problems += [
                 f"check input {i} ({h}x{w}): 1 thread vs {threads or 'default'} threads: {p}"
