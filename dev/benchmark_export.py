@@ -85,10 +85,20 @@ def bench_image(height: int, width: int, path: str | None = None) -> torch.Tenso
 def calibrate(model: torch.nn.Module, sample: dict) -> None:
     """:func:`dev.common.calibrate_random_init` on ``sample``: FrozenBN statistics, zero-mean
     pre-ReLU maps in Panoptic FCN's encoder tower (or every thing mask covers the image), and
-    the spreads of :data:`CALIBRATED_OUTPUTS`."""
+    the spreads of :data:`CALIBRATED_OUTPUTS`.
+
+    Computed with one PyTorch thread, whatever ``--threads``: the statistics are sums whose
+    rounding depends on the thread count, and the calibrated random Panoptic FCN has near-ties
+    that such rounding decides, so ``--threads`` would otherwise benchmark another model.
+    """
     encoder = getattr(model, "encoder", None)
     centred = activated_convs(encoder.tower) if encoder is not None else []
-    calibrate_random_init(model, [sample], centred=centred, spreads=CALIBRATED_OUTPUTS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        calibrate_random_init(model, [sample], centred=centred, spreads=CALIBRATED_OUTPUTS)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def counts(result: dict) -> str:
@@ -114,7 +124,9 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
     sample = {"image": image, "height": h, "width": w}
     calibrate(model, sample)
     start = time.perf_counter()
-    exported = export_model(model, cfg, ExportFormat.ONNX, os.path.join(out_dir, name), [sample])
+    exported = export_model(
+        model, cfg, ExportFormat.ONNX, os.path.join(out_dir, name), [sample], threads=args.threads
+    )
     export_s = time.perf_counter() - start
     predictor = ExportedPredictor(exported.path, ["CPUExecutionProvider"], threads=args.threads)
     network = family_of(cfg.MODEL.META_ARCHITECTURE).network(model).eval()

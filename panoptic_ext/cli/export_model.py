@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--num-samples", type=int, default=2, help="test-set images used without --sample-image"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads of the check (default: one per physical core); "
+        "an ONNX export is also checked with one thread and must give the same results",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -90,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     samples = sample_inputs(cfg, args.sample_image, args.num_samples)
     try:
-        result = export_model(model, cfg, ExportFormat(args.format), args.output, samples)
+        result = export_model(
+            model, cfg, ExportFormat(args.format), args.output, samples, threads=args.threads
+        )
     except ExportCheckError as e:
         print(f"export refused: {e}", file=sys.stderr)
         return 1

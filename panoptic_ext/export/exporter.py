@@ -25,6 +25,7 @@ from detectron2.export.torchscript_patch import patch_builtin_len
 from torch import nn
 
 from ..evaluation.compare import Tolerance, compare_results
+from .base import NetworkOutputs
 from .families import family_of
 from .runtime import INPUT_NAME, ExportedPredictor
 from .spec import SPEC_KEY, ExportFormat, ExportSpec, settings_to_dict
@@ -138,12 +139,34 @@ def check_inputs(samples: list[dict[str, Any]], divisibility: int) -> list[dict[
     return list(samples) + second
 
 
+def _max_abs_diff(a: NetworkOutputs, b: NetworkOutputs) -> float:
+    """Largest absolute difference between two runs' outputs (inf where a shape differs)."""
+    worst = 0.0
+    for name, x in a.items():
+        y = b[name]
+        if x.shape != y.shape:
+            return float("inf")
+        if x.numel():
+            worst = max(worst, float((x.double() - y.double()).abs().max()))
+    return worst
+
+
 @torch.no_grad()
 def _check(
-    model: nn.Module, path: str, samples: list[dict[str, Any]], tolerance: Tolerance
+    model: nn.Module,
+    path: str,
+    samples: list[dict[str, Any]],
+    tolerance: Tolerance,
+    threads: int = 0,
 ) -> list[dict[str, Any]]:
-    """Run eager and exported side by side; the figures of each input, or ExportCheckError."""
-    predictor = ExportedPredictor(path)
+    """Run eager and exported side by side; the figures of each input, or ExportCheckError.
+
+    The exported model runs with ``threads`` intra-op threads and again with one thread: its
+    results must not depend on the thread count (figure ``thread_output_max_diff``, the
+    largest difference of the network's outputs between the two runs).
+    """
+    predictor = ExportedPredictor(path, threads=threads)
+    single = ExportedPredictor(path, threads=1) if path.endswith(".onnx") else None
     figures, problems = [], []
     for i, sample in enumerate(check_inputs(samples, model.backbone.size_divisibility)):
         h, w = sample["image"].shape[-2:]
@@ -151,13 +174,24 @@ def _check(
         width = int(sample.get("width", w))
         expected = model([{"image": sample["image"], "height": height, "width": width}])[0]
         try:
-            actual = predictor.run_tensor(sample["image"], height, width)
+            outputs = predictor.backend(sample["image"])
+            actual = predictor.postprocess(outputs, (h, w), height, width)
         except Exception as e:  # e.g. a shape baked into the graph: ONNX Runtime refuses it
             problems.append(f"check input {i} ({h}x{w}): the exported model fails: {e}")
             continue
         result = compare_results(expected, actual, tolerance)
         figures.append({"input": i, "size": [int(h), int(w)], **result.figures})
         problems += [f"check input {i} ({h}x{w}): {p}" for p in result.problems]
+        if single is not None:
+            single_outputs = single.backend(sample["image"])
+            figures[-1]["thread_output_max_diff"] = _max_abs_diff(outputs, single_outputs)
+            by_threads = compare_results(
+                actual, single.postprocess(single_outputs, (h, w), height, width), tolerance
+            )
+            problems += [
+                f"check input {i} ({h}x{w}): 1 thread vs {threads or 'default'} threads: {p}"
+                for p in by_threads.problems
+            ]
     if problems:
         raise ExportCheckError(
             "the exported model's results differ from PyTorch's; nothing written:\n  "
@@ -173,6 +207,7 @@ def export_model(
     output_dir: str,
     samples: list[dict[str, Any]],
     tolerance: Tolerance | None = None,
+    threads: int = 0,
 ) -> ExportResult:
     """Export ``model`` (built from ``cfg``, weights loaded) into ``output_dir``.
 
@@ -186,6 +221,8 @@ def export_model(
             all of them are checked at two sizes.
         tolerance: allowed differences between exported and eager results (default: the
             family's, :class:`Tolerance` with Panoptic FCN's stuff near-ties).
+        threads: ONNX Runtime intra-op threads of the check (0: its default, one per physical
+            core); an ONNX export is also run with one thread, and must give the same results.
 
     Raises:
         ExportCheckError: results differ (the file is not written).
@@ -212,7 +249,7 @@ def export_model(
             else:
                 traced = torch.jit.trace(network, (image,), check_trace=False)
                 torch.jit.save(traced, tmp, _extra_files={SPEC_KEY: spec.to_json()})
-        checks = _check(model, tmp, samples, tolerance or family.tolerance)
+        checks = _check(model, tmp, samples, tolerance or family.tolerance, threads)
         spec = dataclasses.replace(spec, checks=checks)
         if fmt is ExportFormat.ONNX:
             import onnx

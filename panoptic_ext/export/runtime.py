@@ -160,9 +160,15 @@ class ExportedPredictor:
 
         The same input as the eager model's ``{"image", "height", "width"}`` dict.
         """
-        outputs = self.backend(image)
+        return self.postprocess(self.backend(image), tuple(image.shape[-2:]), height, width)
+
+    def postprocess(
+        self, outputs: NetworkOutputs, image_size: tuple[int, int], height: int, width: int
+    ) -> dict[str, Any]:
+        """Results from the network's ``outputs`` for an input of ``image_size`` (h, w), at
+        output size (height, width): the family's post-processing."""
         return self.family.postprocess(
-            outputs, self.settings, tuple(image.shape[-2:]), (int(height), int(width))
+            outputs, self.settings, tuple(image_size), (int(height), int(width))
         )
 
 
