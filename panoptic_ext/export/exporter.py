@@ -39,7 +39,7 @@ from ..evaluation.compare import (
 )
 from .base import Family
 from .families import family_of
-from .quantize import QuantizeOptions, float_nodes, quantize_int8
+from .quantize import QuantizeOptions, quantize_int8
 from .runtime import INPUT_NAME, ExportedPredictor
 from .spec import SPEC_KEY, ExportFormat, ExportSpec, settings_to_dict
 from .symbolics import OPSET, register_symbolics
@@ -278,9 +278,8 @@ def _export_int8(
 
     final = os.path.join(os.path.dirname(fp32_path), INT8_FILE_NAME)
     tmp = f"{os.path.splitext(final)[0]}.tmp{os.getpid()}.onnx"
-    keep_float = float_nodes(fp32_path, family.int8_float_nodes)
     try:
-        quantize_int8(fp32_path, tmp, options, keep_float)
+        keep_float = quantize_int8(fp32_path, tmp, options, family.int8_float_nodes)
         quantization = {
             "precision": "int8",
             "method": options.method.value,

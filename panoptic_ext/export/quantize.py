@@ -7,6 +7,11 @@ layers with uneven filter magnitudes, e.g. after FrozenBN folding, accurate). Ac
 are calibrated by running the fp32 model on images mapped by the config's *test* mapper, i.e.
 exactly the inputs the exported graph receives at inference.
 
+The fp32 graph is first pre-processed as ONNX Runtime recommends (``quant_pre_process``: its
+graph optimizations fold detectron2's FrozenBN Mul / Add into the convolution weights, so each
+conv gets one per-channel scale for its folded weights; ONNX shape inference; the symbolic one
+is skipped, it does not follow the R-CNN graph's data-dependent shapes).
+
 Only ``Conv``, ``ConvTranspose``, ``Gemm`` and ``MatMul`` are quantized (the ops holding nearly
 all of the MACs); everything else (resize, RoIAlign, NMS, softmax / sigmoid, DeformConv) stays
 float. Each family names, in ``Family.int8_float_nodes``, the output layers that stay float too.
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -77,12 +84,15 @@ def float_nodes(model_path: str, patterns: Iterable[str]) -> list[str]:
 
 
 def quantize_int8(
-    fp32_path: str, int8_path: str, options: QuantizeOptions, keep_float: Sequence[str]
-) -> None:
+    fp32_path: str, int8_path: str, options: QuantizeOptions, float_patterns: Iterable[str]
+) -> list[str]:
     """Write the INT8 (QDQ) model of ``fp32_path`` to ``int8_path``.
 
     Args:
-        keep_float: node names left in float (see :func:`float_nodes`).
+        float_patterns: regexes of the node names left in float (see :func:`float_nodes`).
+
+    Returns:
+        the names of the conv / linear nodes left in float.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -91,6 +101,7 @@ def quantize_int8(
         quantize_static,
     )
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not options.images:
         raise ValueError("INT8 quantization needs at least one calibration image")
@@ -110,20 +121,25 @@ def quantize_int8(
             image = next(self.images, None)
             return None if image is None else {INPUT_NAME: image.cpu().numpy()}
 
-    # ONNX Runtime writes its augmented calibration model to a temporary folder of its own.
-    quantize_static(
-        fp32_path,
-        int8_path,
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(keep_float),
-        calibrate_method=method,
-    )
+    with tempfile.TemporaryDirectory() as work:
+        prepared = os.path.join(work, "prepared.onnx")
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+        keep_float = float_nodes(prepared, float_patterns)  # names after the optimizations
+        # ONNX Runtime writes its augmented calibration model to a temporary folder of its own.
+        quantize_static(
+            prepared,
+            int8_path,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
+            calibrate_method=method,
+        )
     logger.info(
         f"quantized {fp32_path} to INT8 ({len(options.images)} calibration images, "
         f"{options.method.value}; {len(keep_float)} nodes kept float)"
     )
+    return keep_float
