@@ -44,7 +44,7 @@ class Family:
             :class:`~panoptic_ext.evaluation.compare.Tolerance`).
         int8_float_nodes: regexes of the ONNX node names (conv / linear layers) that stay
             float in the INT8 model (:mod:`panoptic_ext.export.quantize`), with the reason
-            at the family's definition.
+            at the family's definition; None: the family has no INT8 export yet.
         int8_tolerance: the outcomes the INT8 export check requires.
         requirements: model -> None; raises ValueError naming the config key when a model of
             ``model_class`` is built with parts the network cannot trace (default: none).
@@ -59,7 +59,7 @@ class Family:
     settings: Callable[[nn.Module], Any]
     postprocess: Callable[[NetworkOutputs, Any, tuple[int, int], tuple[int, int]], dict[str, Any]]
     tolerance: Tolerance = Tolerance()
-    int8_float_nodes: tuple[str, ...] = ()
+    int8_float_nodes: tuple[str, ...] | None = None
     int8_tolerance: OutcomeTolerance = OutcomeTolerance()
     requirements: Callable[[nn.Module], None] = lambda model: None
 

@@ -222,9 +222,11 @@ def export_model(
     """
     if not samples:
         raise ValueError("export needs at least one sample image to trace and check")
+    family = family_of(cfg.MODEL.META_ARCHITECTURE)
     if quantize is not None and fmt is not ExportFormat.ONNX:
         raise ValueError("--quantize int8 needs --format onnx")
-    family = family_of(cfg.MODEL.META_ARCHITECTURE)
+    if quantize is not None and family.int8_float_nodes is None:
+        raise ValueError(f"{family.name} has no INT8 export yet (--quantize int8)")
     family.check(model)
     model.eval()
     network = family.network(model).eval()

@@ -46,8 +46,8 @@ class CalibrationMethod(str, enum.Enum):
     nodes, so calibration keeps two numbers per tensor and image); ``entropy`` (KL
     divergence) and ``percentile`` (99.999 %) clip outliers, but hold the activations of the
     quantized layers of every calibration image in memory until the histograms are built. On
-    the tiny Semantic FPN the three gave the same sem_seg agreement within 0.1 % (DEPLOY.md), so the
-    cheap one is the default.
+    the tiny test Semantic FPN (8 calibration images) the three gave sem_seg argmax agreements
+    with eager within 0.1 % of each other, so the cheap one is the default.
     """
 
     MINMAX = "minmax"

@@ -108,6 +108,16 @@ def test_int8_needs_onnx(tmp_path):
         )  # fmt: skip
 
 
+def test_panoptic_fcn_has_no_int8_export_yet(tmp_path):
+    cfg, model = family_model("panoptic_fcn")
+    with pytest.raises(ValueError, match="Panoptic FCN has no INT8 export yet"):
+        export_model(
+            model, cfg, ExportFormat.ONNX, str(tmp_path), mapped_inputs(cfg, (0,)),
+            quantize=_calibration(cfg, 1),
+        )  # fmt: skip
+    assert not os.listdir(tmp_path)
+
+
 def test_outcomes_accept_value_changes():
     a = _results()
     b = _copy(a)
