@@ -163,10 +163,12 @@ def _check(
     path: str,
     samples: list[dict[str, Any]],
     compare: Callable[[dict[str, Any], dict[str, Any]], Comparison],
+    refusal: str = "the exported model's results differ from PyTorch's; nothing written",
 ) -> list[dict[str, Any]]:
     """Run eager and exported side by side; the figures of each input, or ExportCheckError.
 
-    ``compare(expected, actual)``: the float rounding check or the INT8 outcome check.
+    ``compare(expected, actual)``: the float rounding check or the INT8 outcome check;
+    ``refusal``: the error's first line.
     """
     predictor = ExportedPredictor(path)
     figures, problems = [], []
@@ -184,10 +186,7 @@ def _check(
         figures.append({"input": i, "size": [int(h), int(w)], **result.figures})
         problems += [f"check input {i} ({h}x{w}): {p}" for p in result.problems]
     if problems:
-        raise ExportCheckError(
-            "the exported model's results differ from PyTorch's; nothing written:\n  "
-            + "\n  ".join(problems)
-        )
+        raise ExportCheckError(f"{refusal}:\n  " + "\n  ".join(problems))
     return figures
 
 
@@ -291,7 +290,14 @@ def _export_int8(
         }
         spec = dataclasses.replace(spec, checks=[], quantization=quantization)
         _set_onnx_spec(tmp, spec, onnx)
-        checks = _check(model, tmp, samples, lambda e, a: compare_outcomes(e, a, tolerance))
+        checks = _check(
+            model,
+            tmp,
+            samples,
+            lambda e, a: compare_outcomes(e, a, tolerance),
+            f"the INT8 model's outcomes differ from PyTorch's; {INT8_FILE_NAME} not written "
+            f"({fp32_path} was)",
+        )
         spec = dataclasses.replace(spec, checks=checks)
         _set_onnx_spec(tmp, spec, onnx)
         os.replace(tmp, final)
