@@ -4,9 +4,8 @@ ONNX Runtime's ``quantize_static``: QDQ format (QuantizeLinear / DequantizeLinea
 each quantized op, which ONNX Runtime fuses into integer kernels), uint8 activations with a
 zero point and int8 weights ("U8S8"), one weight scale per output channel of each conv /
 linear layer (which keeps layers with uneven filter magnitudes, e.g. after FrozenBN folding,
-accurate). Activation ranges
-are calibrated by running the fp32 model on images mapped by the config's *test* mapper, i.e.
-exactly the inputs the exported graph receives at inference.
+accurate). Activation ranges are calibrated by running the fp32 model on images mapped by the
+config's *test* mapper, i.e. exactly the inputs the exported graph receives at inference.
 
 The fp32 graph is first pre-processed as ONNX Runtime recommends (``quant_pre_process``: its
 graph optimizations fold detectron2's FrozenBN Mul / Add into the convolution weights, so each
