@@ -17,6 +17,10 @@ and the comparison figures. Both runtimes use ``--threads`` intra-op threads.
 "network" = the family's tensor-only forward (what the ONNX graph holds) in eager PyTorch vs the
 ONNX Runtime session; "end to end" = the eager model's ``forward`` vs ``ExportedPredictor``
 (session + the shared detectron2 post-processing), so the post-processing is timed in both.
+With ``--int8`` the INT8 model (``export_model(quantize=...)``, calibrated on the benchmark
+image itself: a latency figure, not an accuracy one) is timed too, in the same interleaved
+loop ("int8 network", "int8 end to end"), and its outcome figures against eager are printed
+(the export check's INT8 rule is reported, not enforced, so a refusal still gets timed).
 Under a shared, overloaded CPU use ``--threads 1``: OpenMP's barriers make 2-thread PyTorch
 many times slower when its threads are descheduled, which says nothing about the runtimes.
 """
@@ -41,6 +45,9 @@ from panoptic_ext.export import (
     ExportCheckError,
     ExportedPredictor,
     ExportFormat,
+    OutcomeTolerance,
+    QuantizeOptions,
+    compare_outcomes,
     compare_results,
     export_model,
     family_of,
@@ -124,12 +131,17 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
     sample = {"image": image, "height": h, "width": w}
     calibrate(model, sample)
     start = time.perf_counter()
+    # INT8: calibrated on the benchmark image; the outcome rule is reported below, not enforced.
+    quantize = QuantizeOptions([image]) if args.int8 else None
     exported = export_model(
-        model, cfg, ExportFormat.ONNX, os.path.join(out_dir, name), [sample], threads=args.threads
-    )
+        model, cfg, ExportFormat.ONNX, os.path.join(out_dir, name), [sample],
+        threads=args.threads, quantize=quantize,
+        int8_tolerance=OutcomeTolerance(0.0, 0.0, 0.0, 0.5),
+    )  # fmt: skip
     export_s = time.perf_counter() - start
     predictor = ExportedPredictor(exported.path, ["CPUExecutionProvider"], threads=args.threads)
-    network = family_of(cfg.MODEL.META_ARCHITECTURE).network(model).eval()
+    family = family_of(cfg.MODEL.META_ARCHITECTURE)
+    network = family.network(model).eval()
 
     calls = {
         "eager network": lambda: network(image),
@@ -137,12 +149,18 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
         "eager end to end": lambda: model([sample])[0],
         "onnx end to end": lambda: predictor.run_tensor(image, h, w),
     }
+    stages = {"onnx": "ONNX Runtime fp32"}
+    if exported.int8 is not None:
+        int8 = ExportedPredictor(exported.int8.path, ["CPUExecutionProvider"], threads=args.threads)
+        calls["int8 network"] = lambda: int8.backend(image)
+        calls["int8 end to end"] = lambda: int8.run_tensor(image, h, w)
+        stages["int8"] = "ONNX Runtime INT8"
     for fn in calls.values():  # warm-up (allocator, oneDNN / ORT kernel selection)
         fn()
     t = Timings(settle_s=args.settle)
     for _ in range(args.repeats):
         results = {k: t.add(k, fn) for k, fn in calls.items()}
-    tolerance = family_of(cfg.MODEL.META_ARCHITECTURE).tolerance  # the export check's
+    tolerance = family.tolerance  # the export check's
     same = compare_results(results["eager end to end"], results["onnx end to end"], tolerance)
     lines = [
         f"## {name}: {config} ({cfg.MODEL.META_ARCHITECTURE}), input {h}x{w}, "
@@ -150,12 +168,30 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
         f"outputs: {counts(results['eager end to end'])}; same results: {same.ok} "
         f"{same.problems or ''}",
         f"figures: { {k: round(v, 7) for k, v in same.figures.items()} }",
-        "| stage | eager PyTorch s | ONNX Runtime s | eager / ONNX |",
-        "|---|---|---|---|",
     ]
+    if exported.int8 is not None:
+        q = compare_outcomes(results["eager end to end"], results["int8 end to end"])
+        sizes = {k: os.path.getsize(v) / 2**20 for k, v in
+                 (("fp32", exported.path), ("int8", exported.int8.path))}  # fmt: skip
+        lines += [
+            f"INT8 outputs: {counts(results['int8 end to end'])}; passes the INT8 check: {q.ok} "
+            f"{q.problems or ''}",
+            f"INT8 figures: { {k: round(v, 4) for k, v in q.figures.items()} }",
+            f"file size: fp32 {sizes['fp32']:.1f} MiB, INT8 {sizes['int8']:.1f} MiB",
+        ]
+    header = " | ".join(f"{label} s | eager / {label}" for label in stages.values())
+    lines += [f"| stage | eager PyTorch s | {header} |", "|---" * (2 + 2 * len(stages)) + "|"]
     for stage in ("network", "end to end"):
-        e, o = f"eager {stage}", f"onnx {stage}"
-        lines.append(f"| {stage} | {t.median(e):.3f} | {t.median(o):.3f} | {t.ratio(e, o):.2f}x |")
+        e = f"eager {stage}"
+        cells = [f"{t.median(e):.3f}"]
+        for kind in stages:
+            o = f"{kind} {stage}"
+            cells += [f"{t.median(o):.3f}", f"{t.ratio(e, o):.2f}x"]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    if exported.int8 is not None:
+        for stage in ("network", "end to end"):
+            ratio = t.ratio(f"onnx {stage}", f"int8 {stage}")
+            lines.append(f"INT8 / fp32 ONNX Runtime, {stage}: {1 / ratio:.2f}x the time")
     return "\n".join(lines)
 
 
@@ -174,6 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds idle before each timed call, so neither runtime's spinning threads "
         "overlap the other's call (0: back to back)",
     )
+    parser.add_argument("--int8", action="store_true", help="also time the INT8 model")
     parser.add_argument("--image", help="input image (default: a synthetic val image)")
     parser.add_argument("--output-dir", help="where the ONNX files go (default: a temp folder)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (all)")

@@ -13,6 +13,14 @@ float rounding, nothing is written and the exit status is 1. Run the file with
 ``panoptic_ext.export.ExportedPredictor`` or ``panoptic-ext-demo --onnx DIR/model.onnx``.
 Exports run on the CPU; the exported model runs on CPU or, with ONNX Runtime's CUDA provider,
 on a GPU.
+
+    panoptic-ext-export --config-file CFG --output DIR --quantize int8 \
+        --calibration-images 16 --calibration-method minmax MODEL.WEIGHTS model.pth
+
+also writes ``DIR/model_int8.onnx``: ONNX Runtime static INT8 quantization of ``model.onnx``,
+calibrated on the first N images of the config's first training set (``--calibration-dataset``
+names another registered dataset), mapped by the test mapper, and checked against the eager
+model by its outcomes (segments, confident instances); exit status 1 if it fails.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from ..engine import Trainer
 from ..engine.launch import register_config_datasets
 from ..evaluation.compare import worst_figures
 from ..export import ExportCheckError, ExportFormat, export_model
+from ..export.exporter import INT8_FILE_NAME
+from ..export.quantize import CalibrationMethod, QuantizeOptions
 from ..utils.paths import refuse_outputs_over_inputs
 
 logger = logging.getLogger("panoptic_ext.export")
@@ -51,6 +61,20 @@ def sample_inputs(cfg: CfgNode, images: list[str], count: int) -> list[dict[str,
         raise ValueError("DATASETS.TEST is empty: pass --sample-image")
     mapper = PanopticDatasetMapper(cfg, is_train=False)
     return [mapper(d) for d in dicts]
+
+
+def calibration_options(cfg: CfgNode, args: argparse.Namespace) -> QuantizeOptions:
+    """The first ``--calibration-images`` images of the calibration dataset, as the test mapper
+    gives them to the exported graph."""
+    name = args.calibration_dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
+    if not name:
+        raise ValueError("DATASETS.TRAIN is empty: pass --calibration-dataset")
+    if args.calibration_images < 1:
+        raise ValueError("--calibration-images must be at least 1")
+    dicts = DatasetCatalog.get(name)[: args.calibration_images]
+    mapper = PanopticDatasetMapper(cfg, is_train=False)
+    images = [mapper(d)["image"] for d in dicts]
+    return QuantizeOptions(images, CalibrationMethod(args.calibration_method), name)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +100,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ONNX Runtime intra-op threads of the check (default: one per physical core); "
         "an ONNX export is also checked with one thread and must give the same results",
     )
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="also write model_int8.onnx (ONNX only)"
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=16,
+        help="images the INT8 activation ranges are calibrated on (default 16)",
+    )
+    parser.add_argument(
+        "--calibration-method",
+        choices=[m.value for m in CalibrationMethod],
+        default=CalibrationMethod.MINMAX.value,
+        help="how the ranges are chosen (default minmax)",
+    )
+    parser.add_argument(
+        "--calibration-dataset",
+        default="",
+        help="registered dataset of the calibration images (default: DATASETS.TRAIN[0])",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -88,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     refuse_outputs_over_inputs(
         {"--config-file": args.config_file, "MODEL.WEIGHTS": cfg.MODEL.WEIGHTS,
          "--sample-image": args.sample_image},
-        {"--output": args.output, f"--output's {file_name}": os.path.join(args.output, file_name)},
+        {"--output": args.output, f"--output's {file_name}": os.path.join(args.output, file_name),
+         "--output's model_int8.onnx": os.path.join(args.output, INT8_FILE_NAME)},
     )  # fmt: skip
     register_config_datasets(cfg)  # sample images come from DATASETS.TEST[0]
     model = Trainer.build_model(cfg)
@@ -96,9 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     checkpointer = Trainer.build_checkpointer(cfg, model, inference=True)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     samples = sample_inputs(cfg, args.sample_image, args.num_samples)
+    quantize = calibration_options(cfg, args) if args.quantize else None
     try:
         result = export_model(
-            model, cfg, ExportFormat(args.format), args.output, samples, threads=args.threads
+            model,
+            cfg,
+            ExportFormat(args.format),
+            args.output,
+            samples,
+            threads=args.threads,
+            quantize=quantize,
         )
     except ExportCheckError as e:
         print(f"export refused: {e}", file=sys.stderr)
@@ -107,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted({tuple(c["size"]) for c in checks})
     print(f"wrote {result.path}: same results as PyTorch on {len(checks)} inputs (sizes {sizes})")
     print(f"worst figures: {worst_figures(checks)}")
+    if result.int8 is not None:
+        print(f"wrote {result.int8.path}: same outcomes as PyTorch on {len(checks)} inputs")
+        print(f"worst INT8 figures: {worst_figures(result.int8.spec.checks)}")
     return 0
 
 

@@ -37,7 +37,9 @@ import torch
 __all__ = [
     "PARITY_TOLERANCE",
     "Comparison",
+    "OutcomeTolerance",
     "Tolerance",
+    "compare_outcomes",
     "compare_results",
     "describe_segment",
     "match_instances",
@@ -365,7 +367,7 @@ def worst_figures(figures: list[dict[str, Any]]) -> dict[str, float]:
     worst: dict[str, float] = {}
     for fig in figures:
         for key, value in fig.items():
-            if "agreement" in key:
+            if "agreement" in key or key.endswith("_share"):
                 worst[key] = min(worst.get(key, 1.0), float(value))
             elif "diff" in key:
                 worst[key] = max(worst.get(key, 0.0), float(value))
@@ -377,3 +379,133 @@ def describe_segment(s: dict[str, Any]) -> str:
     kind = "thing" if s["isthing"] else "stuff"
     score = f" score {float(s['score']):.4f}" if "score" in s else ""
     return f"#{s['id']} ({kind} {int(s['category_id'])}{score})"
+
+
+@dataclass(frozen=True)
+class OutcomeTolerance:
+    """What a quantized (INT8) model may change: outcomes, not values.
+
+    INT8 moves logits and scores by a few percent of their range, so pixels at class borders
+    and detections near a threshold change; what must survive is the set of segments and
+    confident instances. Figures are shares of matched items over the larger side, so a
+    missing item and an extra one both count.
+
+    Attributes:
+        segment_match: least share of panoptic segments that are matched (each the other's
+            largest overlap, :func:`match_segments`) with the same category and IoU > 0.5, the
+            pairs PQ counts as true positives.
+        pixel_agreement: least share of pixels with the same panoptic segment (after matching)
+            and the same ``sem_seg`` argmax.
+        instance_match: least share of confident instances matched (same class, box IoU >= 0.5).
+        instance_score_thresh: instances below this score are not counted (a detection near
+            the cut-off appears on one side only without changing any segment).
+    """
+
+    segment_match: float = 0.8
+    pixel_agreement: float = 0.9
+    instance_match: float = 0.8
+    instance_score_thresh: float = 0.5
+
+
+def _share(matched: int, n_exp: int, n_act: int) -> float:
+    return matched / max(n_exp, n_act) if max(n_exp, n_act) else 1.0
+
+
+def _outcome_segments(exp: tuple, act: tuple, tol: OutcomeTolerance, out: Comparison) -> None:
+    (exp_ids, exp_info), (act_ids, act_info) = exp, act
+    if exp_ids.shape != act_ids.shape:
+        out.problems.append(f"panoptic_seg shape {tuple(act_ids.shape)} != {tuple(exp_ids.shape)}")
+        return
+    exp_seg, act_seg = _segments(exp_info), _segments(act_info)
+    to_exp = match_segments(exp_ids, act_ids)
+    lut = torch.full((int(act_ids.max()) + 1 if act_ids.numel() else 1,), -1, dtype=torch.long)
+    lut[0] = 0
+    for a, e in to_exp.items():
+        lut[a] = e
+    mapped = lut[act_ids.long()]
+    agree = _agreement(exp_ids.long(), mapped)
+    matched = 0
+    for a, e in to_exp.items():
+        if a not in act_seg or e not in exp_seg:
+            continue
+        if (bool(exp_seg[e]["isthing"]), exp_seg[e]["category_id"]) != (
+            bool(act_seg[a]["isthing"]),
+            act_seg[a]["category_id"],
+        ):
+            continue
+        inter = int(((exp_ids == e) & (act_ids == a)).sum())
+        union = int(((exp_ids == e) | (act_ids == a)).sum())
+        matched += inter * 2 > union
+    share = _share(matched, len(exp_seg), len(act_seg))
+    out.figures.update(
+        panoptic_agreement=agree,
+        segments=float(len(exp_seg)),
+        segments_actual=float(len(act_seg)),
+        segment_match_share=share,
+    )
+    if share < tol.segment_match:
+        out.problems.append(
+            f"{matched} of {len(exp_seg)} segments ({len(act_seg)} exported) matched with "
+            f"IoU > 0.5 and the same category: {share:.2%} < {tol.segment_match:.0%}"
+        )
+    if agree < tol.pixel_agreement:
+        out.problems.append(f"panoptic segments agree on {agree:.2%} of pixels")
+
+
+def _outcome_instances(exp: Any, act: Any, tol: OutcomeTolerance, out: Comparison) -> None:
+    from detectron2.structures import pairwise_iou
+
+    exp = exp[exp.scores >= tol.instance_score_thresh]
+    act = act[act.scores >= tol.instance_score_thresh]
+    matched = 0
+    if len(exp) and len(act):
+        iou = pairwise_iou(exp.pred_boxes, act.pred_boxes)
+        iou[exp.pred_classes[:, None] != act.pred_classes[None, :]] = 0
+        used = torch.zeros(len(act), dtype=torch.bool)
+        for i in exp.scores.argsort(descending=True).tolist():  # greedy, most confident first
+            row = iou[i].masked_fill(used, 0)
+            j = int(row.argmax())
+            if row[j] >= 0.5:
+                used[j] = True
+                matched += 1
+    share = _share(matched, len(exp), len(act))
+    out.figures.update(
+        confident_instances=float(len(exp)),
+        confident_instances_actual=float(len(act)),
+        instance_match_share=share,
+    )
+    if share < tol.instance_match:
+        out.problems.append(
+            f"{matched} of {len(exp)} instances scoring >= {tol.instance_score_thresh} "
+            f"({len(act)} exported) matched: {share:.2%} < {tol.instance_match:.0%}"
+        )
+
+
+def compare_outcomes(
+    expected: dict[str, Any], actual: dict[str, Any], tol: OutcomeTolerance | None = None
+) -> Comparison:
+    """Compare two detectron2 result dicts by their outcomes (the INT8 export check).
+
+    Segments and confident instances are matched as :class:`OutcomeTolerance` says; ``sem_seg``
+    is compared by its argmax only (values are not, INT8 rescales them).
+    """
+    tol = tol or OutcomeTolerance()
+    out = Comparison()
+    if set(expected) != set(actual):
+        out.problems.append(f"result keys {sorted(actual)} instead of {sorted(expected)}")
+    if "sem_seg" in expected and "sem_seg" in actual:
+        exp, act = expected["sem_seg"].cpu(), actual["sem_seg"].cpu()
+        if exp.shape != act.shape:
+            out.problems.append(f"sem_seg shape {tuple(act.shape)} != {tuple(exp.shape)}")
+        else:
+            agree = _agreement(exp.argmax(0), act.argmax(0))
+            out.figures["sem_seg_agreement"] = agree
+            if agree < tol.pixel_agreement:
+                out.problems.append(f"sem_seg argmax agrees on {agree:.2%} of pixels")
+    if "instances" in expected and "instances" in actual:
+        _outcome_instances(expected["instances"].to("cpu"), actual["instances"].to("cpu"), tol, out)
+    if "panoptic_seg" in expected and "panoptic_seg" in actual:
+        exp_ids, exp_info = expected["panoptic_seg"]
+        act_ids, act_info = actual["panoptic_seg"]
+        _outcome_segments((exp_ids.cpu(), exp_info), (act_ids.cpu(), act_info), tol, out)
+    return out

@@ -6,14 +6,22 @@
   ``panoptic_seg`` / ``instances`` / ``sem_seg`` through the post-processing the eager model uses.
 """
 
-from ..evaluation.compare import Comparison, Tolerance, compare_results
+from ..evaluation.compare import (
+    Comparison,
+    OutcomeTolerance,
+    Tolerance,
+    compare_outcomes,
+    compare_results,
+)
 from .exporter import ExportCheckError, ExportResult, export_model
 from .families import FAMILIES, family_of
+from .quantize import CalibrationMethod, QuantizeOptions
 from .runtime import ExportedDemoPredictor, ExportedPredictor
 from .spec import ExportFormat, ExportSpec
 
 __all__ = [
     "FAMILIES",
+    "CalibrationMethod",
     "Comparison",
     "ExportCheckError",
     "ExportFormat",
@@ -21,7 +29,10 @@ __all__ = [
     "ExportSpec",
     "ExportedDemoPredictor",
     "ExportedPredictor",
+    "OutcomeTolerance",
+    "QuantizeOptions",
     "Tolerance",
+    "compare_outcomes",
     "compare_results",
     "export_model",
     "family_of",

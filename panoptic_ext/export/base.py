@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..evaluation.compare import Tolerance
+from ..evaluation.compare import OutcomeTolerance, Tolerance
 
 __all__ = ["Family", "NetworkOutputs"]
 
@@ -42,6 +42,10 @@ class Family:
             (height, width)) -> detectron2 result dict ("panoptic_seg" / "instances" / "sem_seg").
         tolerance: what the export check lets float rounding change (default
             :class:`~panoptic_ext.evaluation.compare.Tolerance`).
+        int8_float_nodes: regexes of the ONNX node names (conv / linear layers) that stay
+            float in the INT8 model (:mod:`panoptic_ext.export.quantize`), with the reason
+            at the family's definition; None: the family has no INT8 export yet.
+        int8_tolerance: the outcomes the INT8 export check requires.
         requirements: model -> None; raises ValueError naming the config key when a model of
             ``model_class`` is built with parts the network cannot trace (default: none).
     """
@@ -55,6 +59,8 @@ class Family:
     settings: Callable[[nn.Module], Any]
     postprocess: Callable[[NetworkOutputs, Any, tuple[int, int], tuple[int, int]], dict[str, Any]]
     tolerance: Tolerance = Tolerance()
+    int8_float_nodes: tuple[str, ...] | None = None
+    int8_tolerance: OutcomeTolerance = OutcomeTolerance()
     requirements: Callable[[nn.Module], None] = lambda model: None
 
     def check(self, model: nn.Module) -> None:

@@ -6,6 +6,11 @@ itself supports), with the image height and width dynamic. Before the file is pu
 exported model runs on every sample image at its test size and at a second, different size,
 next to the eager model, through the *same* runtime predictor users get; if any result differs
 beyond float rounding (see :class:`~panoptic_ext.evaluation.compare.Tolerance`) nothing is written.
+
+With ``quantize``, the INT8 model is then derived from the written fp32 file
+(:mod:`~panoptic_ext.export.quantize`) and checked the same way, on the same inputs, by its
+outcomes (:class:`~panoptic_ext.evaluation.compare.OutcomeTolerance`: matched segments,
+confident instances, pixel agreement); it is written as ``model_int8.onnx`` only if it passes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +30,16 @@ from detectron2.config import CfgNode
 from detectron2.export.torchscript_patch import patch_builtin_len
 from torch import nn
 
-from ..evaluation.compare import Tolerance, compare_results
-from .base import NetworkOutputs
+from ..evaluation.compare import (
+    Comparison,
+    OutcomeTolerance,
+    Tolerance,
+    compare_outcomes,
+    compare_results,
+)
+from .base import Family, NetworkOutputs
 from .families import family_of
+from .quantize import QuantizeOptions, quantize_int8
 from .runtime import INPUT_NAME, ExportedPredictor
 from .spec import SPEC_KEY, ExportFormat, ExportSpec, settings_to_dict
 from .symbolics import OPSET, register_symbolics
@@ -37,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 # Size step of the second check size (at least the backbone's size divisibility).
 _MIN_CHECK_STEP = 32
+# File name of the INT8 model, next to the fp32 ``model.onnx``.
+INT8_FILE_NAME = "model_int8.onnx"
 
 
 class ExportCheckError(RuntimeError):
@@ -45,8 +60,11 @@ class ExportCheckError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportResult:
+    """The written file and its spec; ``int8``: the INT8 model's, when one was asked for."""
+
     path: str
     spec: ExportSpec
+    int8: ExportResult | None = None
 
 
 def _versions() -> dict[str, str]:
@@ -156,14 +174,17 @@ def _check(
     model: nn.Module,
     path: str,
     samples: list[dict[str, Any]],
-    tolerance: Tolerance,
+    compare: Callable[[dict[str, Any], dict[str, Any]], Comparison],
+    refusal: str = "the exported model's results differ from PyTorch's; nothing written",
     threads: int = 0,
 ) -> list[dict[str, Any]]:
     """Run eager and exported side by side; the figures of each input, or ExportCheckError.
 
-    The exported model runs with ``threads`` intra-op threads and again with one thread: its
-    results must not depend on the thread count (figure ``thread_output_max_diff``, the
-    largest difference of the network's outputs between the two runs).
+    ``compare(expected, actual)``: the float rounding check or the INT8 outcome check;
+    ``refusal``: the error's first line. The exported model runs with ``threads`` intra-op
+    threads and, for ONNX, again with one thread: its results must not depend on the thread
+    count by ``compare`` (figure ``thread_output_max_diff``, the largest difference of the
+    network's outputs between the two runs).
     """
     predictor = ExportedPredictor(path, threads=threads)
     single = ExportedPredictor(path, threads=1) if path.endswith(".onnx") else None
@@ -179,24 +200,19 @@ def _check(
         except Exception as e:  # e.g. a shape baked into the graph: ONNX Runtime refuses it
             problems.append(f"check input {i} ({h}x{w}): the exported model fails: {e}")
             continue
-        result = compare_results(expected, actual, tolerance)
+        result = compare(expected, actual)
         figures.append({"input": i, "size": [int(h), int(w)], **result.figures})
         problems += [f"check input {i} ({h}x{w}): {p}" for p in result.problems]
         if single is not None:
             single_outputs = single.backend(sample["image"])
             figures[-1]["thread_output_max_diff"] = _max_abs_diff(outputs, single_outputs)
-            by_threads = compare_results(
-                actual, single.postprocess(single_outputs, (h, w), height, width), tolerance
-            )
+            by_threads = compare(actual, single.postprocess(single_outputs, (h, w), height, width))
             problems += [
                 f"check input {i} ({h}x{w}): 1 thread vs {threads or 'default'} threads: {p}"
                 for p in by_threads.problems
             ]
     if problems:
-        raise ExportCheckError(
-            "the exported model's results differ from PyTorch's; nothing written:\n  "
-            + "\n  ".join(problems)
-        )
+        raise ExportCheckError(f"{refusal}:\n  " + "\n  ".join(problems))
     return figures
 
 
@@ -208,6 +224,8 @@ def export_model(
     samples: list[dict[str, Any]],
     tolerance: Tolerance | None = None,
     threads: int = 0,
+    quantize: QuantizeOptions | None = None,
+    int8_tolerance: OutcomeTolerance | None = None,
 ) -> ExportResult:
     """Export ``model`` (built from ``cfg``, weights loaded) into ``output_dir``.
 
@@ -223,6 +241,8 @@ def export_model(
             family's, :class:`Tolerance` with Panoptic FCN's stuff near-ties).
         threads: ONNX Runtime intra-op threads of the check (0: its default, one per physical
             core); an ONNX export is also run with one thread, and must give the same results.
+        quantize: also derive, check and write the INT8 model ``model_int8.onnx`` (ONNX only).
+        int8_tolerance: what the INT8 check requires (default: the family's).
 
     Raises:
         ExportCheckError: results differ (the file is not written).
@@ -231,6 +251,10 @@ def export_model(
     if not samples:
         raise ValueError("export needs at least one sample image to trace and check")
     family = family_of(cfg.MODEL.META_ARCHITECTURE)
+    if quantize is not None and fmt is not ExportFormat.ONNX:
+        raise ValueError("--quantize int8 needs --format onnx")
+    if quantize is not None and family.int8_float_nodes is None:
+        raise ValueError(f"{family.name} has no INT8 export yet (--quantize int8)")
     family.check(model)
     model.eval()
     network = family.network(model).eval()
@@ -249,7 +273,10 @@ def export_model(
             else:
                 traced = torch.jit.trace(network, (image,), check_trace=False)
                 torch.jit.save(traced, tmp, _extra_files={SPEC_KEY: spec.to_json()})
-        checks = _check(model, tmp, samples, tolerance or family.tolerance, threads)
+        tol = tolerance or family.tolerance
+        checks = _check(
+            model, tmp, samples, lambda e, a: compare_results(e, a, tol), threads=threads
+        )
         spec = dataclasses.replace(spec, checks=checks)
         if fmt is ExportFormat.ONNX:
             import onnx
@@ -262,4 +289,51 @@ def export_model(
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
     logger.info(f"exported {cfg.MODEL.META_ARCHITECTURE} to {final} ({len(checks)} inputs checked)")
+    int8 = None
+    if quantize is not None:
+        tol8 = int8_tolerance or family.int8_tolerance
+        int8 = _export_int8(model, family, spec, final, samples, quantize, tol8)
+    return ExportResult(final, spec, int8)
+
+
+def _export_int8(
+    model: nn.Module,
+    family: Family,
+    spec: ExportSpec,
+    fp32_path: str,
+    samples: list[dict[str, Any]],
+    options: QuantizeOptions,
+    tolerance: OutcomeTolerance,
+) -> ExportResult:
+    """Quantize the written fp32 model, check its outcomes, write ``model_int8.onnx``."""
+    import onnx
+
+    final = os.path.join(os.path.dirname(fp32_path), INT8_FILE_NAME)
+    tmp = f"{os.path.splitext(final)[0]}.tmp{os.getpid()}.onnx"
+    try:
+        keep_float = quantize_int8(fp32_path, tmp, options, family.int8_float_nodes)
+        quantization = {
+            "precision": "int8",
+            "method": options.method.value,
+            "calibration_images": len(options.images),
+            "calibration_dataset": options.dataset,
+            "float_nodes": keep_float,
+        }
+        spec = dataclasses.replace(spec, checks=[], quantization=quantization)
+        _set_onnx_spec(tmp, spec, onnx)
+        checks = _check(
+            model,
+            tmp,
+            samples,
+            lambda e, a: compare_outcomes(e, a, tolerance),
+            f"the INT8 model's outcomes differ from PyTorch's; {INT8_FILE_NAME} not written "
+            f"({fp32_path} was)",
+        )
+        spec = dataclasses.replace(spec, checks=checks)
+        _set_onnx_spec(tmp, spec, onnx)
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    logger.info(f"quantized {fp32_path} to {final} ({len(checks)} inputs checked by outcome)")
     return ExportResult(final, spec)

@@ -171,4 +171,18 @@ RCNN = Family(
     settings=_settings,
     postprocess=_postprocess,
     requirements=_requirements,
+    # Float: the layers whose outputs are thresholded, ranked or decoded directly, at well
+    # under 1 % of the MACs: RPN objectness (top-k, NMS) and anchor deltas (exp() of the
+    # size deltas amplifies their rounding), the box predictor (softmax scores against
+    # SCORE_THRESH_TEST, box deltas), the mask predictor (sigmoid > 0.5) and the semantic
+    # predictor (argmax, as Semantic FPN's). Backbone, FPN / PAFPN, RPN conv, box / mask /
+    # semantic head convs and fcs (nearly all of the MACs) are INT8.
+    int8_float_nodes=(
+        r"/rpn_head/objectness_logits",
+        r"/rpn_head/anchor_deltas",
+        r"/box_predictor/",
+        r"/mask_head/predictor/",
+        r"/mask_head/fc_mask/",  # PANet: the fully-connected mask logits, added to the above
+        r"/sem_seg_head/predictor/",
+    ),
 )

@@ -56,6 +56,9 @@ class ExportSpec:
         format: ``ExportFormat`` value of the file the spec is stored in.
         versions: library versions the model was exported with (informative).
         checks: figures of the exported-vs-eager check run before the file was written.
+        quantization: empty for a float model; for an INT8 one, how it was derived from the
+            fp32 export ("precision", "method", "calibration_images", "calibration_dataset",
+            "float_nodes").
     """
 
     meta_architecture: str
@@ -68,6 +71,7 @@ class ExportSpec:
     format: str = ExportFormat.ONNX.value
     versions: dict[str, str] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)

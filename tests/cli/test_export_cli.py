@@ -91,3 +91,29 @@ def test_export_without_samples_names_the_option(weights, tmp_path):
 def test_demo_needs_a_config_or_a_model():
     with pytest.raises(SystemExit):
         demo.parse_args(["--input", "x.png"])
+
+
+def test_export_int8_then_demo_runs_it(tmp_path):
+    """``--quantize int8`` writes the checked fp32 and INT8 models (the tiny Semantic FPN passes
+    the default outcome check); ``demo --onnx`` runs the INT8 one unchanged."""
+    cfg_file, opts = _opts(_saved("semantic_fpn", tmp_path), "semantic_fpn")
+    image = val_dicts()[1]["file_name"]
+    argv = ["--config-file", cfg_file, "--output", str(tmp_path / "export"), "--sample-image",
+            image, "--quantize", "int8", "--calibration-images", "2"]  # fmt: skip
+    assert export_model.main([*argv, *opts]) == 0
+    int8 = tmp_path / "export" / "model_int8.onnx"
+    spec = ExportedPredictor(str(int8)).spec
+    assert spec.quantization["calibration_dataset"] == "synthetic_panoptic_train"
+    assert spec.quantization["calibration_images"] == 2
+    assert all(c["sem_seg_agreement"] >= 0.9 for c in spec.checks)
+    out = tmp_path / "overlay.png"
+    assert demo.main(["--onnx", str(int8), "--input", image, "--output", str(out)]) == 0
+    assert cv2.imread(str(out)).shape == (64, 64, 3)
+
+
+def test_export_int8_needs_onnx(weights, tmp_path):
+    cfg_file, opts = _opts(weights)
+    argv = ["--config-file", cfg_file, "--format", "torchscript", "--output", str(tmp_path),
+            "--quantize", "int8", *opts]  # fmt: skip
+    with pytest.raises(ValueError, match="--quantize int8 needs --format onnx"):
+        export_model.main(argv)
