@@ -26,3 +26,13 @@ def run_copy(run, tmp_path):
     shutil.copytree(run, out)
     os.remove(os.path.join(out, ".panoptic_ext.lock"))
     return out
+
+
+@pytest.fixture
+def images(records, tmp_path):
+    """a.jpg, b.jpg, c.jpg in in/ (copies of synthetic images 1-3)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, record in zip("abc", records[1:4]):
+        shutil.copy(record["file_name"], folder / f"{name}.jpg")
+    return folder

@@ -265,16 +265,6 @@ def _demo(run, inputs, out, *extra) -> int:
 TINY_OPTS_STR = [str(v) for v in TINY_OPTS]
 
 
-@pytest.fixture
-def images(records, tmp_path):
-    """a.jpg, b.jpg, c.jpg in in/ (copies of synthetic images 1-3)."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name, record in zip("abc", records[1:4]):
-        shutil.copy(record["file_name"], folder / f"{name}.jpg")
-    return folder
-
-
 @pytest.mark.parametrize("bad", ["garbage", "truncated", "16bit", "cmyk"])
 def test_demo_skips_a_bad_image_names_it_and_keeps_the_rest(run, images, tmp_path, caplog, bad):
     target = images / "b.jpg"

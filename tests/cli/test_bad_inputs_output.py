@@ -190,16 +190,6 @@ def _demo(run, inputs, out, *extra) -> int:
                                     panoptic_out=out / "pan"))  # fmt: skip
 
 
-@pytest.fixture
-def images(records, tmp_path):
-    """a.jpg, b.jpg, c.jpg in in/ (copies of synthetic images 1-3)."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name, record in zip("abc", records[1:4]):
-        shutil.copy(record["file_name"], folder / f"{name}.jpg")
-    return folder
-
-
 def _predictions(out) -> list[str]:
     names = [
         p["file_name"] for p in json.load(open(out / "pan" / "predictions.json"))["annotations"]
