@@ -12,11 +12,14 @@ config is as dangerous as a downloaded pickle, so every config panoptic_ext read
    refused with :class:`UnsafeConfigError` (file, line and tag), and an empty file, a file that is
    not a mapping, a malformed ``_BASE_``, a missing base file or a cycle get a ``ValueError`` /
    ``FileNotFoundError`` naming the file; so do two structural traps of YAML, refused with
-   :class:`ConfigStructureError` naming the file and line: an alias (``*name``, also in a merge
-   key ``<<: *name``), because detectron2 hands the loaded dict to OmegaConf, which copies every
-   alias out: a few hundred bytes of nested aliases ("billion laughs") expand to gigabytes and
-   hang the run; and a key written twice in one mapping, which YAML silently resolves to the
-   last value (a second ``SOLVER:`` block drops the first one's keys);
+   :class:`ConfigStructureError` naming the file and line: aliases (``*name``, also in a merge
+   key ``<<: *name``) that expand the file by more than :data:`MAX_ALIAS_EXPANSION` nodes,
+   because detectron2 hands the loaded dict to OmegaConf, which copies every alias out: a few
+   hundred bytes of nested aliases ("billion laughs") expand to gigabytes and hang the run
+   (the few small aliases PyYAML writes itself, e.g. in the ``config.yaml`` that detectron2's
+   ``default_setup`` dumps, where two defaults share one tuple, are accepted); and a key
+   written twice in one mapping, which YAML silently resolves to the last value (a second
+   ``SOLVER:`` block drops the first one's keys);
 2. then detectron2 merges it (its ``_BASE_`` semantics and version upgrades) with
    ``allow_unsafe=False``, so fvcore cannot reach ``yaml.unsafe_load`` even for a file that changed
    in between.
@@ -80,19 +83,64 @@ class _StructureProblem(Exception):
         self.line, self.problem = line, problem
 
 
+# Nodes that copying out a file's aliases may add to it. A full detectron2 config has about
+# 1,000 nodes, and PyYAML's own dumps alias a few small shared lists; nine aliases nested five
+# deep already add 59,049 (and the run hangs at nine levels).
+MAX_ALIAS_EXPANSION = 10_000
+
+
 class _PlainLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses aliases and keys repeated within one mapping."""
+    """``yaml.SafeLoader`` that refuses alias bombs and keys repeated within one mapping."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases: list[tuple[str, int, yaml.Node]] = []  # (anchor, line, aliased node)
 
     def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+        if not self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        event = self.peek_event()
+        node = super().compose_node(parent, index)
+        self._aliases.append((event.anchor, event.start_mark.line + 1, node))
+        return node
+
+    def get_single_node(self):
+        root = super().get_single_node()
+        if root is not None and self._aliases:
+            self._check_expansion(root)
+        return root
+
+    def _check_expansion(self, root: yaml.Node) -> None:
+        """Refuse aliases that copy out into more than ``MAX_ALIAS_EXPANSION`` extra nodes."""
+        sizes: dict[int, int] = {}  # id(node) -> node count with every alias copied out
+        open_nodes: set[int] = set()
+
+        def size(node: yaml.Node, line: int) -> int:
+            key = id(node)
+            if key in sizes:
+                return sizes[key]
+            if key in open_nodes:
+                raise _StructureProblem(line, "a YAML alias refers to a value that contains it")
+            open_nodes.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            total = 1 + sum(size(c, c.start_mark.line + 1) for c in children)
+            open_nodes.discard(key)
+            sizes[key] = total
+            return total
+
+        expanded = size(root, 1)
+        written = len(sizes)  # distinct nodes: each aliased value is written once
+        if expanded - written > MAX_ALIAS_EXPANSION:
+            anchor, line, node = max(self._aliases, key=lambda a: sizes[id(a[2])])
             raise _StructureProblem(
-                event.start_mark.line + 1,
-                f"the YAML alias '*{event.anchor}' is refused: aliases are expanded into copies "
-                "when detectron2 merges the config (OmegaConf), so nested aliases can grow a "
-                "small file into gigabytes; write the value out instead",
+                line,
+                f"the YAML alias '*{anchor}' is refused: it copies out {sizes[id(node)]} "
+                f"nodes, and the file's aliases grow its {written} nodes to {expanded} when "
+                "detectron2 merges the config (OmegaConf copies every alias out; nested aliases "
+                "grow a small file into gigabytes); write the values out instead",
             )
-        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):

@@ -44,7 +44,7 @@ def test_alias_bomb_is_refused_before_anything_runs(tmp_path):
     levels += [f"L{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 5)]
     path = _yaml(tmp_path, "DATASETS:\n" + "".join(f"  {line}\n" for line in levels))
     out = tmp_path / "out"
-    with pytest.raises(ConfigStructureError, match=rf"{path}, line 4: the YAML alias '\*l0'"):
+    with pytest.raises(ConfigStructureError, match=rf"{path}, line 7: the YAML alias '\*l3'"):
         train_tiny(str(out), options=("--config-file", path))
     assert not out.exists()
 

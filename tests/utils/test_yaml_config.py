@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from helpers import QUICK, REPO, config_path, refusal_pattern, tagged_chain
 
 from panoptic_ext.config import build_cfg
@@ -166,17 +167,42 @@ def test_alias_bomb_is_refused_at_once_naming_file_and_line(tmp_path):
     levels += [f"L{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
     text = f"_BASE_: {QUICK}\nDATASETS:\n" + "".join(f"  {line}\n" for line in levels)
     bomb = _write(tmp_path, "bomb.yaml", text)
-    message = f"{bomb}, line 4: the YAML alias '*l0' is refused"
+    # *l7 (line 11) copies out 1 + 9 * (1 + ...) nodes: the largest of the file's aliases.
+    message = f"{bomb}, line 11: the YAML alias '*l7' is refused: it copies out 48427561 nodes"
     with pytest.raises(ConfigStructureError, match=re.escape(message)) as err:
         build_cfg(bomb, [])
-    assert (err.value.filename, err.value.line) == (bomb, 4)
+    assert (err.value.filename, err.value.line) == (bomb, 11)
 
 
-def test_merge_key_alias_in_a_base_is_named_with_the_base(tmp_path):
-    base = _write(tmp_path, "base.yaml", f"_BASE_: {QUICK}\nX: &x {{A: 1}}\nSOLVER:\n  <<: *x\n")
+def test_merge_key_alias_bomb_in_a_base_is_named_with_the_base(tmp_path):
+    keys = [f"K{j}" for j in range(9)]
+    levels = ["M0: &m0 {" + ", ".join(f"{k}: 1" for k in keys) + "}"]
+    levels += [f"M{i}: &m{i} {{" + ", ".join(f"{k}: *m{i - 1}" for k in keys) + "}"
+               for i in range(1, 6)]  # fmt: skip
+    text = f"_BASE_: {QUICK}\nX:\n" + "".join(f"  {line}\n" for line in levels)
+    base = _write(tmp_path, "base.yaml", text + "SOLVER:\n  <<: *m5\n")
     top = _write(tmp_path, "top.yaml", "_BASE_: base.yaml\n")
-    with pytest.raises(ConfigStructureError, match=re.escape(f"{base}, line 4: the YAML alias")):
+    message = f"{base}, line 10: the YAML alias '*m5' is refused"
+    with pytest.raises(ConfigStructureError, match=re.escape(message)):
         read_config_chain(top)
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    path = _write(tmp_path, "loop.yaml", f"_BASE_: {QUICK}\nX: &x [1, *x]\n")
+    with pytest.raises(ConfigStructureError, match="line 2: a YAML alias refers to a value that"):
+        read_config_chain(path)
+
+
+def test_config_dumped_by_detectron2_reads_back_the_same(tmp_path):
+    """detectron2's ``default_setup`` dumps the run's config with PyYAML, which writes aliases
+    for the default tuples that two keys share (``BBOX_REG_WEIGHTS``): such a file, e.g. a
+    training's ``OUTPUT_DIR/config.yaml``, is a config users pass back with --config-file."""
+    cfg = build_cfg(QUICK, ["SOLVER.MAX_ITER", 7])
+    dumped = _write(tmp_path, "config.yaml", cfg.dump())
+    with open(dumped) as f:
+        assert "*id001" in f.read()  # the aliases this test is about
+    # the same values (the re-dumped file no longer shares, so it has no aliases left)
+    assert yaml.safe_load(build_cfg(dumped, []).dump()) == yaml.safe_load(cfg.dump())
 
 
 @pytest.mark.parametrize(
