@@ -19,8 +19,12 @@ ONNX Runtime session; "end to end" = the eager model's ``forward`` vs ``Exported
 (session + the shared detectron2 post-processing), so the post-processing is timed in both.
 With ``--int8`` the INT8 model (``export_model(quantize=...)``, calibrated on the benchmark
 image itself: a latency figure, not an accuracy one) is timed too, in the same interleaved
-loop ("int8 network", "int8 end to end"), and its outcome figures against eager are printed
-(the export check's INT8 rule is reported, not enforced, so a refusal still gets timed).
+loop; the export check's INT8 rule is reported, not enforced, so a refusal still gets timed.
+With ``--bf16`` eager PyTorch also runs under ``torch.autocast("cpu", torch.bfloat16)``.
+One table per family: a row per runtime with network and end-to-end seconds and their ratio to
+ONNX Runtime fp32, the file size (eager: the state dict), the peak memory that loading the model
+and running its network once adds to a fresh process (``VmHWM``, one child process per runtime)
+and the outcome against eager fp32 (:func:`panoptic_ext.export.compare_outcomes`).
 Under a shared, overloaded CPU use ``--threads 1``: OpenMP's barriers make 2-thread PyTorch
 many times slower when its threads are descheduled, which says nothing about the runtimes.
 """
@@ -28,6 +32,7 @@ many times slower when its threads are descheduled, which says nothing about the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +126,71 @@ def counts(result: dict) -> str:
     return ", ".join(parts)
 
 
+def bf16(fn):
+    """``fn`` under CPU bfloat16 autocast (convolutions and matmuls in bf16, the rest fp32)."""
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn()
+
+    return run
+
+
+# Runtimes of one row each: the key prefix of their calls, and the table label.
+RUNTIMES = {
+    "eager": "eager PyTorch fp32",
+    "bf16": "eager PyTorch bf16 autocast",
+    "onnx": "ONNX Runtime fp32",
+    "int8": "ONNX Runtime INT8",
+}
+
+
+# compare_outcomes figures shown in the table: what share of eager fp32's outcome is kept.
+OUTCOME_SHARES = (
+    ("segment_match_share", "segments matched"),
+    ("instance_match_share", "confident instances matched"),
+    ("panoptic_agreement", "panoptic pixels"),
+    ("sem_seg_agreement", "sem_seg argmax"),
+)
+
+
+def peak_memory_mib(kind: str, model_path: str, image_path: str, threads: int, cfg_path: str):
+    """Peak resident memory (MiB) that loading ``model_path`` and running its network once on
+    the saved image adds to a fresh interpreter with the libraries imported, measured in a child
+    process (a peak covers a whole process: one runtime per process)."""
+    cmd = [sys.executable, "-m", "dev.benchmark_export", "--peak-memory-child", kind,
+           model_path, image_path, str(threads), cfg_path]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+@torch.no_grad()
+def _peak_memory_child(kind: str, model_path: str, image_path: str, threads: str, cfg: str):
+    import onnxruntime  # noqa: F401  (imported before the baseline, as torch is)
+
+    torch.set_num_threads(int(threads))
+    image = torch.load(image_path, weights_only=True)
+    before = _peak_rss_kib()
+    if kind in ("eager", "bf16"):
+        model_cfg = random_init_cfg(cfg, [])
+        model = build_model(model_cfg).eval()
+        model.load_state_dict(torch.load(model_path, weights_only=True))
+        network = family_of(model_cfg.MODEL.META_ARCHITECTURE).network(model).eval()
+        run = bf16(lambda: network(image)) if kind == "bf16" else lambda: network(image)
+    else:
+        predictor = ExportedPredictor(model_path, ["CPUExecutionProvider"], threads=int(threads))
+        run = lambda: predictor.backend(image)  # noqa: E731
+    run()
+    print(json.dumps({"peak_mib": (_peak_rss_kib() - before) / 1024}))
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set (``VmHWM``), KiB. Not ``ru_maxrss``: Linux carries that
+    over ``exec`` from the forking parent, so a child of the benchmark would report its size."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
 @torch.no_grad()
 def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_dir: str) -> str:
     config, family_opts = FAMILY_CONFIGS[name]
@@ -133,8 +203,9 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
     start = time.perf_counter()
     # INT8: calibrated on the benchmark image; the outcome rule is reported below, not enforced.
     quantize = QuantizeOptions([image]) if args.int8 else None
+    family_dir = os.path.join(out_dir, name)
     exported = export_model(
-        model, cfg, ExportFormat.ONNX, os.path.join(out_dir, name), [sample],
+        model, cfg, ExportFormat.ONNX, family_dir, [sample],
         threads=args.threads, quantize=quantize,
         int8_tolerance=OutcomeTolerance(0.0, 0.0, 0.0, 0.5),
     )  # fmt: skip
@@ -149,49 +220,61 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
         "eager end to end": lambda: model([sample])[0],
         "onnx end to end": lambda: predictor.run_tensor(image, h, w),
     }
-    stages = {"onnx": "ONNX Runtime fp32"}
+    if args.bf16:
+        calls["bf16 network"] = bf16(calls["eager network"])
+        calls["bf16 end to end"] = bf16(calls["eager end to end"])
     if exported.int8 is not None:
         int8 = ExportedPredictor(exported.int8.path, ["CPUExecutionProvider"], threads=args.threads)
         calls["int8 network"] = lambda: int8.backend(image)
         calls["int8 end to end"] = lambda: int8.run_tensor(image, h, w)
-        stages["int8"] = "ONNX Runtime INT8"
+    kinds = [k for k in RUNTIMES if f"{k} network" in calls]
     for fn in calls.values():  # warm-up (allocator, oneDNN / ORT kernel selection)
         fn()
     t = Timings(settle_s=args.settle)
     for _ in range(args.repeats):
         results = {k: t.add(k, fn) for k, fn in calls.items()}
-    tolerance = family.tolerance  # the export check's
-    same = compare_results(results["eager end to end"], results["onnx end to end"], tolerance)
+
+    files = {"onnx": exported.path}
+    if exported.int8 is not None:
+        files["int8"] = exported.int8.path
+    weights = os.path.join(family_dir, "eager.pth")
+    torch.save(model.state_dict(), weights)
+    image_path = os.path.join(family_dir, "image.pt")
+    torch.save(image, image_path)
+    cfg_path = os.path.join(family_dir, "config.yaml")  # with --families' and the user's opts
+    with open(cfg_path, "w") as f:
+        f.write(cfg.dump())
+    memory = {
+        k: peak_memory_mib(k, files.get(k, weights), image_path, args.threads, cfg_path)
+        for k in kinds
+    }
+
+    eager = results["eager end to end"]
+    same = compare_results(eager, results["onnx end to end"], family.tolerance)
     lines = [
         f"## {name}: {config} ({cfg.MODEL.META_ARCHITECTURE}), input {h}x{w}, "
-        f"export + check {export_s:.0f} s",
-        f"outputs: {counts(results['eager end to end'])}; same results: {same.ok} "
-        f"{same.problems or ''}",
-        f"figures: { {k: round(v, 7) for k, v in same.figures.items()} }",
+        f"{args.threads} threads, export + check {export_s:.0f} s",
+        f"eager outputs: {counts(eager)}",
+        f"ONNX Runtime fp32 same results as eager (export check's standard): {same.ok} "
+        f"{same.problems or ''}; figures { {k: round(v, 7) for k, v in same.figures.items()} }",
+        "| runtime | network s | network / ORT fp32 | end to end s | end to end / ORT fp32 "
+        "| file MiB | peak memory MiB | outcome vs eager fp32 |",
+        "|---" * 8 + "|",
     ]
-    if exported.int8 is not None:
-        q = compare_outcomes(results["eager end to end"], results["int8 end to end"])
-        sizes = {k: os.path.getsize(v) / 2**20 for k, v in
-                 (("fp32", exported.path), ("int8", exported.int8.path))}  # fmt: skip
-        lines += [
-            f"INT8 outputs: {counts(results['int8 end to end'])}; passes the INT8 check: {q.ok} "
-            f"{q.problems or ''}",
-            f"INT8 figures: { {k: round(v, 4) for k, v in q.figures.items()} }",
-            f"file size: fp32 {sizes['fp32']:.1f} MiB, INT8 {sizes['int8']:.1f} MiB",
-        ]
-    header = " | ".join(f"{label} s | eager / {label}" for label in stages.values())
-    lines += [f"| stage | eager PyTorch s | {header} |", "|---" * (2 + 2 * len(stages)) + "|"]
-    for stage in ("network", "end to end"):
-        e = f"eager {stage}"
-        cells = [f"{t.median(e):.3f}"]
-        for kind in stages:
-            o = f"{kind} {stage}"
-            cells += [f"{t.median(o):.3f}", f"{t.ratio(e, o):.2f}x"]
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    if exported.int8 is not None:
-        for stage in ("network", "end to end"):
-            ratio = t.ratio(f"onnx {stage}", f"int8 {stage}")
-            lines.append(f"INT8 / fp32 ONNX Runtime, {stage}: {1 / ratio:.2f}x the time")
+    for kind in kinds:
+        net, e2e = f"{kind} network", f"{kind} end to end"
+        size = os.path.getsize(files.get(kind, weights)) / 2**20
+        if kind == "eager":
+            outcome = counts(results[e2e])
+        else:
+            q = compare_outcomes(eager, results[e2e]).figures
+            shares = [f"{label} {100 * q[k]:.1f} %" for k, label in OUTCOME_SHARES if k in q]
+            outcome = f"{counts(results[e2e])}; " + ", ".join(shares)
+        lines.append(
+            f"| {RUNTIMES[kind]} | {t.median(net):.3f} | {t.ratio(net, 'onnx network'):.2f}x "
+            f"| {t.median(e2e):.3f} | {t.ratio(e2e, 'onnx end to end'):.2f}x | {size:.1f} "
+            f"| {memory[kind]:.0f} | {outcome} |"
+        )
     return "\n".join(lines)
 
 
@@ -211,6 +294,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "overlap the other's call (0: back to back)",
     )
     parser.add_argument("--int8", action="store_true", help="also time the INT8 model")
+    parser.add_argument(
+        "--bf16", action="store_true", help="also time eager PyTorch under bf16 autocast"
+    )
+    parser.add_argument("--peak-memory-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--image", help="input image (default: a synthetic val image)")
     parser.add_argument("--output-dir", help="where the ONNX files go (default: a temp folder)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (all)")
@@ -223,6 +310,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.peak_memory_child:
+        _peak_memory_child(*args.peak_memory_child)
+        return 0
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.lower().split("x"))
     image = bench_image(h, w, args.image)
