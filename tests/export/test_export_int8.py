@@ -88,6 +88,29 @@ def test_predictor_runs_the_int8_model(panoptic_fpn_int8):
     assert comparison.figures["sem_seg_agreement"] >= 0.9
 
 
+def test_panet_int8_quantizes_the_bottom_up_path_and_keeps_the_fused_mask_logits_float(tmp_path):
+    cfg, model = family_model("panet", "TEST.DETECTIONS_PER_IMAGE", 20)
+    result = export_model(
+        model, cfg, ExportFormat.ONNX, str(tmp_path), mapped_inputs(cfg, (0,)),
+        quantize=_calibration(cfg), int8_tolerance=LOOSE,
+    )  # fmt: skip
+    float_nodes = set(result.int8.spec.quantization["float_nodes"])
+    # PANet's fully-connected fusion: its fc mask logits are added to the FCN mask logits.
+    assert any(n.startswith("/mask_head/fc_mask/") for n in float_nodes), float_nodes
+    graph = onnx.load(result.int8.path).graph
+    quantized = _weight_dequantized(graph)
+    # The PAFPN bottom-up path (pa_down / pa_out convs) is INT8.
+    convs = {n.name for n in graph.node if n.op_type == "Conv"}
+    bottom_up = {n for n in convs if "/pa_down" in n or "/pa_out" in n}
+    assert len(bottom_up) == 2 * (len(cfg.MODEL.FPN.IN_FEATURES) - 1)
+    assert bottom_up <= quantized
+    assert not quantized & float_nodes
+    sample = mapped_inputs(cfg, (1,))[0]
+    actual = ExportedPredictor(result.int8.path).run_tensor(sample["image"], 64, 64)
+    comparison = compare_outcomes(model([sample])[0], actual, LOOSE)
+    assert comparison.ok, comparison.problems
+
+
 def test_int8_check_refuses_and_keeps_the_fp32_model(tmp_path):
     cfg, model = family_model("semantic_fpn")
     strict = OutcomeTolerance(pixel_agreement=1.0)
