@@ -45,6 +45,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from dev.common import Timings, activated_convs, calibrate_random_init, random_init_cfg
+from panoptic_ext.checkpoint.safe_load import load_checkpoint_file
 from panoptic_ext.data.datasets import register_synthetic_datasets
 from panoptic_ext.export import (
     ExportCheckError,
@@ -169,12 +170,12 @@ def _peak_memory_child(kind: str, model_path: str, image_path: str, threads: str
     import onnxruntime  # noqa: F401  (imported before the baseline, as torch is)
 
     torch.set_num_threads(int(threads))
-    image = torch.load(image_path, weights_only=True)
+    image = load_checkpoint_file(image_path)
     before = _peak_rss_kib()
     if kind in ("eager", "bf16"):
         model_cfg = random_init_cfg(cfg, [])
         model = build_model(model_cfg).eval()
-        model.load_state_dict(torch.load(model_path, weights_only=True))
+        model.load_state_dict(load_checkpoint_file(model_path))
         network = family_of(model_cfg.MODEL.META_ARCHITECTURE).network(model).eval()
         run = bf16(lambda: network(image)) if kind == "bf16" else lambda: network(image)
     else:
