@@ -4,6 +4,8 @@
   the eager one on sample images at two sizes and only then writes it (``panoptic-ext-export``).
 * :class:`ExportedPredictor` runs the file (ONNX Runtime or TorchScript) and returns detectron2's
   ``panoptic_seg`` / ``instances`` / ``sem_seg`` through the post-processing the eager model uses.
+* :class:`ExportedModel` is that file as the model of detectron2's ``inference_on_dataset``;
+  :mod:`~panoptic_ext.export.evaluate` evaluates it with the trainer's evaluators (``--run-eval``).
 """
 
 from ..evaluation.compare import (
@@ -16,7 +18,7 @@ from ..evaluation.compare import (
 from .exporter import ExportCheckError, ExportResult, export_model
 from .families import FAMILIES, family_of
 from .quantize import CalibrationMethod, QuantizeOptions
-from .runtime import ExportedDemoPredictor, ExportedPredictor
+from .runtime import ExportedDemoPredictor, ExportedModel, ExportedPredictor
 from .spec import ExportFormat, ExportSpec
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "ExportResult",
     "ExportSpec",
     "ExportedDemoPredictor",
+    "ExportedModel",
     "ExportedPredictor",
     "OutcomeTolerance",
     "QuantizeOptions",

@@ -25,6 +25,7 @@ from .spec import SPEC_KEY, ExportFormat, ExportSpec, settings_from_dict
 
 __all__ = [
     "ExportedDemoPredictor",
+    "ExportedModel",
     "ExportedPredictor",
     "OnnxRuntimeBackend",
     "TorchScriptBackend",
@@ -170,6 +171,45 @@ class ExportedPredictor:
         return self.family.postprocess(
             outputs, self.settings, tuple(image_size), (int(height), int(width))
         )
+
+
+class ExportedModel:
+    """An exported file as the model detectron2's ``inference_on_dataset`` calls.
+
+    ``model(batched_inputs)`` takes a list of the test loader's dicts, exactly what the eager
+    model takes, and returns one detectron2 results dict per input (the precedent is
+    detectron2's ``tools/deploy/export_model.py --run-eval``). Each input runs through
+    :meth:`ExportedPredictor.run_tensor`, so the preprocessing is the test mapper's, not the
+    predictor's own resize.
+    """
+
+    def __init__(self, path: str, **options: Any):
+        """``path`` and keyword ``options`` (providers, device, threads) as
+        :class:`ExportedPredictor`'s."""
+        self.predictor = ExportedPredictor(path, **options)
+        self.path = path
+        self.spec = self.predictor.spec
+
+    def __call__(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """
+        Args:
+            batched_inputs: dicts with "image": (3, h, w) uint8 tensor in the model's colour
+                order at its test size (as ``PanopticDatasetMapper(cfg, is_train=False)``
+                gives it) and optionally "height", "width": the output size (default h, w).
+                Other keys (file_name, image_id, ...) are ignored.
+
+        Returns:
+            one dict per input, at (height, width): "panoptic_seg" (int32 (height, width) ids,
+            segments_info), "instances" (``Instances``), "sem_seg" ((C, height, width) float),
+            as the model gives them.
+        """
+        outputs = []
+        for inputs in batched_inputs:
+            image = inputs["image"]
+            h, w = image.shape[-2:]
+            height, width = inputs.get("height", h), inputs.get("width", w)
+            outputs.append(self.predictor.run_tensor(image, height, width))
+        return outputs
 
 
 class ExportedDemoPredictor:
