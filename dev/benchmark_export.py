@@ -21,6 +21,9 @@ With ``--int8`` the INT8 model (``export_model(quantize=...)``, calibrated on th
 image itself: a latency figure, not an accuracy one) is timed too, in the same interleaved
 loop ("int8 network", "int8 end to end"), and its outcome figures against eager are printed
 (the export check's INT8 rule is reported, not enforced, so a refusal still gets timed).
+With ``--profile`` each ONNX file (fp32, and INT8 with ``--int8``) then runs once more under
+ONNX Runtime's profiler (``SessionOptions.enable_profiling``) and the ops holding most of its
+kernel time are printed, by op type and by node.
 Under a shared, overloaded CPU use ``--threads 1``: OpenMP's barriers make 2-thread PyTorch
 many times slower when its threads are descheduled, which says nothing about the runtimes.
 """
@@ -52,6 +55,7 @@ from panoptic_ext.export import (
     export_model,
     family_of,
 )
+from panoptic_ext.export.runtime import INPUT_NAME
 from panoptic_ext.model_zoo import get_config_file
 
 FAMILY_CONFIGS = {
@@ -106,6 +110,41 @@ def calibrate(model: torch.nn.Module, sample: dict) -> None:
         calibrate_random_init(model, [sample], centred=centred, spreads=CALIBRATED_OUTPUTS)
     finally:
         torch.set_num_threads(threads)
+
+
+def ort_profile(path: str, image: torch.Tensor, threads: int, top: int = 8) -> list[str]:
+    """Lines naming the ``top`` op types and nodes by kernel time of one ONNX Runtime run of
+    ``path`` on ``image`` ((3, H, W) uint8), after one unprofiled warm-up run."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    feed = {INPUT_NAME: image.numpy()}
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feed)
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session.run(None, feed)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    by_type, by_node = Counter(), Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_type[e["args"]["op_name"]] += e["dur"]  # microseconds
+            by_node[e["name"].removesuffix("_kernel_time")] += e["dur"]
+    total = sum(by_type.values())
+    lines = [f"profile of {os.path.basename(path)}: {total / 1e6:.2f} s of kernels"]
+    for title, counter in (("op type", by_type), ("node", by_node)):
+        top_items = counter.most_common(top)
+        lines.append(
+            f"  by {title}: "
+            + ", ".join(f"{k} {v / 1e6:.2f} s ({v / total:.0%})" for k, v in top_items)
+        )
+    return lines
 
 
 def counts(result: dict) -> str:
@@ -192,6 +231,10 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
         for stage in ("network", "end to end"):
             ratio = t.ratio(f"onnx {stage}", f"int8 {stage}")
             lines.append(f"INT8 / fp32 ONNX Runtime, {stage}: {1 / ratio:.2f}x the time")
+    if args.profile:
+        paths = [exported.path] + ([exported.int8.path] if exported.int8 is not None else [])
+        for path in paths:
+            lines += ort_profile(path, image, args.threads)
     return "\n".join(lines)
 
 
@@ -211,6 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "overlap the other's call (0: back to back)",
     )
     parser.add_argument("--int8", action="store_true", help="also time the INT8 model")
+    parser.add_argument(
+        "--profile", action="store_true", help="print ONNX Runtime's profile of each file"
+    )
     parser.add_argument("--image", help="input image (default: a synthetic val image)")
     parser.add_argument("--output-dir", help="where the ONNX files go (default: a temp folder)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (all)")
