@@ -25,6 +25,9 @@ One table per family: a row per runtime with network and end-to-end seconds and 
 ONNX Runtime fp32, the file size (eager: the state dict), the peak memory that loading the model
 and running its network once adds to a fresh process (``VmHWM``, one child process per runtime)
 and the outcome against eager fp32 (:func:`panoptic_ext.export.compare_outcomes`).
+With ``--profile`` each ONNX file (fp32, and INT8 with ``--int8``) then runs once more under
+ONNX Runtime's profiler (``SessionOptions.enable_profiling``) and the ops holding most of its
+kernel time are printed, by op type and by node.
 Under a shared, overloaded CPU use ``--threads 1``: OpenMP's barriers make 2-thread PyTorch
 many times slower when its threads are descheduled, which says nothing about the runtimes.
 """
@@ -58,6 +61,7 @@ from panoptic_ext.export import (
     export_model,
     family_of,
 )
+from panoptic_ext.export.runtime import INPUT_NAME
 from panoptic_ext.model_zoo import get_config_file
 
 FAMILY_CONFIGS = {
@@ -112,6 +116,41 @@ def calibrate(model: torch.nn.Module, sample: dict) -> None:
         calibrate_random_init(model, [sample], centred=centred, spreads=CALIBRATED_OUTPUTS)
     finally:
         torch.set_num_threads(threads)
+
+
+def ort_profile(path: str, image: torch.Tensor, threads: int, top: int = 8) -> list[str]:
+    """Lines naming the ``top`` op types and nodes by kernel time of one ONNX Runtime run of
+    ``path`` on ``image`` ((3, H, W) uint8), after one unprofiled warm-up run."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    feed = {INPUT_NAME: image.numpy()}
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feed)
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session.run(None, feed)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    by_type, by_node = Counter(), Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_type[e["args"]["op_name"]] += e["dur"]  # microseconds
+            by_node[e["name"].removesuffix("_kernel_time")] += e["dur"]
+    total = sum(by_type.values())
+    lines = [f"profile of {os.path.basename(path)}: {total / 1e6:.2f} s of kernels"]
+    for title, counter in (("op type", by_type), ("node", by_node)):
+        top_items = counter.most_common(top)
+        lines.append(
+            f"  by {title}: "
+            + ", ".join(f"{k} {v / 1e6:.2f} s ({v / total:.0%})" for k, v in top_items)
+        )
+    return lines
 
 
 def counts(result: dict) -> str:
@@ -276,6 +315,9 @@ def bench_family(name: str, args: argparse.Namespace, image: torch.Tensor, out_d
             f"| {t.median(e2e):.3f} | {t.ratio(e2e, 'onnx end to end'):.2f}x | {size:.1f} "
             f"| {memory[kind]:.0f} | {outcome} |"
         )
+    if args.profile:
+        for path in files.values():
+            lines += ort_profile(path, image, args.threads)
     return "\n".join(lines)
 
 
@@ -297,6 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--int8", action="store_true", help="also time the INT8 model")
     parser.add_argument(
         "--bf16", action="store_true", help="also time eager PyTorch under bf16 autocast"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print ONNX Runtime's profile of each file"
     )
     parser.add_argument("--peak-memory-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--image", help="input image (default: a synthetic val image)")

@@ -6,6 +6,7 @@ INT8 rounding flips. The tests therefore check the path (quantized graph, float 
 predictor, refusal) with a loose tolerance, not the accuracy of INT8 (DEPLOY.md).
 """
 
+import dataclasses
 import os
 
 import onnx
@@ -23,11 +24,17 @@ from panoptic_ext.export import (
     QuantizeOptions,
     compare_outcomes,
     export_model,
+    families,
 )
+from panoptic_ext.utils.meta_arch import ExportFamily
 
 # Random-init tiny models: what INT8 keeps of their near-tie outcomes (measured with S8S8
 # activations: segments matched 0.55-0.80, panoptic pixels 0.71-0.91, sem_seg argmax >= 0.95).
 LOOSE = OutcomeTolerance(segment_match=0.4, pixel_agreement=0.6, instance_match=0.3)
+# The tiny Panoptic FCN's panoptic maps hold only 2 segments (its stuff argmax is flat, sem_seg
+# agreement 0.73-0.80), so one extra segment is a share of 1/3; its confident instances match
+# 0.86 (2 calibration images, the check's two sizes).
+FCN_LOOSE = dataclasses.replace(LOOSE, segment_match=0.3)
 
 
 def _calibration(cfg, count=2) -> QuantizeOptions:
@@ -36,25 +43,27 @@ def _calibration(cfg, count=2) -> QuantizeOptions:
     return QuantizeOptions([mapper(d)["image"] for d in dicts], dataset="synthetic_panoptic_val")
 
 
-@pytest.fixture(scope="module")
-def panoptic_fpn_int8(tmp_path_factory):
-    cfg, model = family_model("panoptic_fpn", "TEST.DETECTIONS_PER_IMAGE", 20)
-    out = tmp_path_factory.mktemp("int8")
+def _int8_export(folder, tolerance: OutcomeTolerance, family: str, *opts):
+    """The tiny ``family`` model exported to ``folder`` in fp32 and INT8: (cfg, model, result)."""
+    cfg, model = family_model(family, *opts)
     result = export_model(
-        model, cfg, ExportFormat.ONNX, str(out), mapped_inputs(cfg, (0,)),
-        quantize=_calibration(cfg), int8_tolerance=LOOSE,
+        model, cfg, ExportFormat.ONNX, str(folder), mapped_inputs(cfg, (0,)),
+        quantize=_calibration(cfg), int8_tolerance=tolerance,
     )  # fmt: skip
     return cfg, model, result
 
 
-def _weight_dequantized(graph) -> set[str]:
-    """Names of the conv / linear nodes whose weight comes out of a DequantizeLinear."""
+@pytest.fixture(scope="module")
+def panoptic_fpn_int8(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    return _int8_export(folder, LOOSE, "panoptic_fpn", "TEST.DETECTIONS_PER_IMAGE", 20)
+
+
+def _weight_dequantized(graph, op_types=("Conv", "ConvTranspose", "Gemm")) -> set[str]:
+    """Names of the ``op_types`` nodes whose weight (second input) comes out of a
+    DequantizeLinear."""
     dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return {
-        n.name
-        for n in graph.node
-        if n.op_type in ("Conv", "ConvTranspose", "Gemm") and n.input[1] in dq
-    }
+    return {n.name for n in graph.node if n.op_type in op_types and n.input[1] in dq}
 
 
 def test_int8_file_is_quantized_except_the_float_heads(panoptic_fpn_int8):
@@ -132,9 +141,55 @@ def test_int8_needs_onnx(tmp_path):
         )  # fmt: skip
 
 
-def test_panoptic_fcn_has_no_int8_export_yet(tmp_path):
-    cfg, model = family_model("panoptic_fcn")
-    with pytest.raises(ValueError, match="Panoptic FCN has no INT8 export yet"):
+@pytest.fixture(scope="module")
+def panoptic_fcn_int8(tmp_path_factory):
+    # The tiny config's position head is DCNv2: ONNX DeformConv.
+    return _int8_export(tmp_path_factory.mktemp("int8_fcn"), FCN_LOOSE, "panoptic_fcn")
+
+
+def test_panoptic_fcn_int8_keeps_its_decision_layers_float(panoptic_fcn_int8):
+    _, _, result = panoptic_fcn_int8
+    graph = onnx.load(result.int8.path).graph
+    float_nodes = set(result.int8.spec.quantization["float_nodes"])
+    levels = 5  # P3-P7: the position and kernel heads are called once per level
+    for head in ("position_head/out_inst", "position_head/out_sem", "kernel_head/out_conv"):
+        assert sum(f"/{head}" in n for n in float_nodes) == levels, head
+    assert {"/thing_generator/MatMul", "/stuff_generator/MatMul"} <= float_nodes
+    # lowres_predictions: fusion similarity, fusion mean, thing and stuff mask logits
+    assert {"/MatMul", "/MatMul_1", "/MatMul_2", "/MatMul_3"} <= float_nodes
+    assert len(float_nodes) == 3 * levels + 2 + 4
+    quantized = _weight_dequantized(graph, ("Conv", "MatMul"))
+    layers = {n.name for n in graph.node if n.op_type in ("Conv", "MatMul")}
+    assert quantized == layers - float_nodes
+    assert len(quantized) > 60  # backbone, FPN, encoder, head towers, DCN offset convs
+    deform = [n for n in graph.node if n.op_type == "DeformConv"]
+    assert len(deform) == 3 * levels  # not a quantized op type: a float op with float weights
+    dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert not any(n.input[1] in dq for n in deform)
+
+
+@torch.no_grad()
+def test_predictor_runs_the_panoptic_fcn_int8_model(panoptic_fcn_int8):
+    cfg, model, result = panoptic_fcn_int8
+    predictor = ExportedPredictor(result.int8.path)
+    assert predictor.spec == result.int8.spec
+    sample = mapped_inputs(cfg, (1,))[0]
+    expected = model([sample])[0]
+    actual = predictor.run_tensor(sample["image"], 64, 64)
+    comparison = compare_outcomes(expected, actual, FCN_LOOSE)
+    assert comparison.ok, comparison.problems
+    assert comparison.figures["confident_instances"] >= 5  # decided things, not an empty map
+    assert comparison.figures["instance_match_share"] >= 0.7
+
+
+def test_family_without_float_layers_is_refused(tmp_path, monkeypatch):
+    """A family that has not chosen its float layers (``int8_float_nodes`` None) is refused
+    before anything is exported."""
+    cfg, model = family_model("semantic_fpn")
+    family = families.IMPLEMENTATIONS[ExportFamily.SEMANTIC]
+    unchosen = dataclasses.replace(family, int8_float_nodes=None)
+    monkeypatch.setitem(families.IMPLEMENTATIONS, ExportFamily.SEMANTIC, unchosen)
+    with pytest.raises(ValueError, match="Semantic FPN has no INT8 export yet"):
         export_model(
             model, cfg, ExportFormat.ONNX, str(tmp_path), mapped_inputs(cfg, (0,)),
             quantize=_calibration(cfg, 1),
