@@ -129,7 +129,9 @@ def _postprocess(
     """detectron2 results of one image, by detectron2's own post-processing functions."""
     detections = Instances(
         image_size,
-        pred_boxes=Boxes(outputs["boxes"]),
+        # A copy: detector_postprocess scales the boxes in place, and the caller's network
+        # outputs must stay what the network returned (the export check compares them).
+        pred_boxes=Boxes(outputs["boxes"].clone()),
         scores=outputs["scores"],
         pred_classes=outputs["classes"],
     )

@@ -72,6 +72,20 @@ def test_export_records_its_checks(exported):
     assert spec == result.spec
     # The sample at its size and at a second size that pads differently, both checked.
     assert [c["size"] for c in spec.checks] == [[64, 64], [97, 131]]
+    # Network outputs at 1 thread vs the default count: float rounding at most (a box figure
+    # of tens of pixels once came from post-processing rescaling the compared boxes in place).
+    assert all(0 <= c["thread_output_max_diff"] <= 1e-3 for c in spec.checks)
+
+
+@torch.no_grad()
+def test_postprocess_leaves_the_network_outputs_unchanged(exported):
+    cfg, _, result = exported
+    predictor = ExportedPredictor(result.path)
+    image = mapped_inputs(cfg, (1,))[0]["image"]
+    outputs = predictor.backend(image)
+    before = {k: v.clone() for k, v in outputs.items()}
+    predictor.postprocess(outputs, tuple(image.shape[-2:]), 128, 96)  # rescaled output size
+    assert all(torch.equal(outputs[k], v) for k, v in before.items())
 
 
 @torch.no_grad()
