@@ -17,8 +17,9 @@ quantization's cost). A family without an INT8 export is reported and measured i
 ``--threads`` sets PyTorch's and ONNX Runtime's intra-op threads (1 by default: accuracy does
 not need more, and a shared CPU runs one thread per process best). ``--output DIR`` keeps the
 exported files and the evaluators' outputs (default: a temporary folder, removed).
-``--no-int8-gate`` reports the INT8 check's figures instead of refusing on them, so that a
-model the gate refuses can still be measured.
+``--bf16`` adds a column for the eager model under ``torch.autocast("cpu", torch.bfloat16)``
+(difference "eager bf16 - eager"). ``--no-int8-gate`` reports the INT8 check's figures
+instead of refusing on them, so that a model the gate refuses can still be measured.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import contextlib
 import os
 import sys
 import tempfile
+from typing import Any
 
 import torch
+from detectron2.structures import Boxes, Instances
 
 from panoptic_ext.cli.export_model import calibration_options, sample_inputs
 from panoptic_ext.engine import Trainer
@@ -45,7 +48,37 @@ from panoptic_ext.export import (
 )
 from panoptic_ext.export.evaluate import comparison_table, evaluate, evaluate_exported
 
-EAGER, FP32, INT8 = "eager", "ORT fp32", "ORT INT8"
+EAGER, BF16, FP32, INT8 = "eager", "eager bf16", "ORT fp32", "ORT INT8"
+
+
+def _to_float32(x: Any) -> Any:
+    """``x`` (a result, or a list / dict / tuple / ``Instances`` / ``Boxes`` of them) with its
+    bfloat16 tensors as float32: the evaluators convert tensors to numpy, which has no bf16."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.dtype == torch.bfloat16 else x
+    if isinstance(x, Boxes):
+        return Boxes(_to_float32(x.tensor))
+    if isinstance(x, Instances):
+        return Instances(x.image_size, **{k: _to_float32(v) for k, v in x.get_fields().items()})
+    if isinstance(x, dict):
+        return {k: _to_float32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float32(v) for v in x)
+    return x
+
+
+class Bf16Autocast(torch.nn.Module):
+    """``model``'s inference under ``torch.autocast("cpu", torch.bfloat16)`` (convolutions and
+    matmuls in bf16, the rest float32), results returned in float32."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = self.model(inputs)
+        return _to_float32(outputs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default="", help="keep the files here (default: temporary)")
     parser.add_argument(
         "--no-int8-gate", action="store_true", help="report the INT8 check, do not enforce it"
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="also evaluate eager PyTorch under bf16 autocast"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
@@ -109,12 +145,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export refused: {e}", file=sys.stderr)
             return 1
         columns = {EAGER: evaluate(cfg, model, os.path.join(folder, "eval_eager"), "eager")}
+        if args.bf16:
+            columns[BF16] = evaluate(cfg, Bf16Autocast(model), os.path.join(folder, "eval_bf16"))
         exported = {FP32: result} | ({INT8: result.int8} if result.int8 is not None else {})
         for label, written in exported.items():
             print(f"{label}: {written.path}, check {worst_figures(written.spec.checks)}")
             out = os.path.join(folder, f"eval_{os.path.basename(written.path)}")
             columns[label] = evaluate_exported(cfg, written.path, out, args.threads)
     differences = [(EAGER, FP32)] + ([(FP32, INT8)] if INT8 in columns else [])
+    differences += [(EAGER, BF16)] if BF16 in columns else []
     print(f"load average at end: {os.getloadavg()}")
     print(f"{args.config_file} ({args.weights}), {args.threads} thread(s), INT8: "
           f"{args.calibration_images} images, {args.calibration_method}")  # fmt: skip
