@@ -93,8 +93,8 @@ PANOPTIC_FCN = Family(
     # Stuff labels are the sem_seg argmax; random-init stuff maps are tied within 1e-5 on ~10 %
     # of the pixels, where rounding flips them (DEPLOY.md, "Panoptic FCN and near-ties").
     tolerance=Tolerance(panoptic_stuff_ties=True),
-    # Float: the layers whose outputs are decisions or the mask logits themselves, at well
-    # under 1 % of the MACs: the position head's center logits (peaks, top-k, THING.THRES) and
+    # Float: the layers whose outputs are decisions or the mask logits themselves (about 6 %
+    # of the R-50 MACs, nearly all of it the kernel head's output conv): the position head's center logits (peaks, top-k, THING.THRES) and
     # region logits (stuff argmax, STUFF.THRES), the kernel head's output conv and the two
     # embedding extractors (the kernels; a per-tensor INT8 scale on them moves every mask
     # logit of the instance), and the top-level MatMuls of ``lowres_predictions`` (kernel
