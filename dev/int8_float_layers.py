@@ -26,11 +26,11 @@ import tempfile
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from dev.common import Timings
+from panoptic_ext.checkpoint.checkpointer import SafeCheckpointer
 from panoptic_ext.data import PanopticDatasetMapper
 from panoptic_ext.engine.launch import build_cfg_with_datasets
 from panoptic_ext.evaluation.compare import worst_figures
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = build_cfg_with_datasets(args.config_file, ["MODEL.WEIGHTS", args.weights], "cpu")
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(args.weights)
+    SafeCheckpointer(model).load(args.weights)  # no code runs from the file
     mapper = PanopticDatasetMapper(cfg, is_train=False)
     dataset = cfg.DATASETS.TEST[0]
     val = DatasetCatalog.get(dataset)[: args.val_images or None]

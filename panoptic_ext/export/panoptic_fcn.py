@@ -94,14 +94,15 @@ PANOPTIC_FCN = Family(
     # of the pixels, where rounding flips them (DEPLOY.md, "Panoptic FCN and near-ties").
     tolerance=Tolerance(panoptic_stuff_ties=True),
     # Float: the layers whose outputs are decisions or the mask logits themselves (about 6 %
-    # of the R-50 MACs, nearly all of it the kernel head's output conv): the position head's center logits (peaks, top-k, THING.THRES) and
-    # region logits (stuff argmax, STUFF.THRES), the kernel head's output conv and the two
+    # of the R-50 MACs, nearly all of it the kernel head's output conv): the position head's
+    # center logits (peaks, top-k, THING.THRES) and region logits (stuff argmax,
+    # STUFF.THRES), the kernel head's output conv and the two
     # embedding extractors (the kernels; a per-tensor INT8 scale on them moves every mask
     # logit of the instance), and the top-level MatMuls of ``lowres_predictions`` (kernel
     # fusion's cosine similarity against SIMILAR_THRES and group mean; the kernel x feature
     # products that are the thing and stuff mask logits; both inputs are activations).
     # DeformConv (position head, paper config) is not a quantized op type, so it stays float.
-    # Backbone, FPN, encoder and the head towers (nearly all of the MACs) are INT8.
+    # Backbone, FPN, encoder and the head towers (the rest of the MACs) are INT8.
     int8_float_nodes=(
         r"/position_head/out_inst",
         r"/position_head/out_sem",
