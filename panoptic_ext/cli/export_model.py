@@ -90,8 +90,21 @@ def calibration_options(
     if not name:
         raise ValueError("DATASETS.TRAIN is empty: pass --calibration-dataset")
     if count < 1:
-        raise ValueError("--calibration-images must be at least 1")
+        raise ValueError(f"--calibration-images must be at least 1, got {count}")
+    if name not in DatasetCatalog.list():
+        option = "--calibration-dataset" if dataset else "DATASETS.TRAIN[0]"
+        raise ValueError(
+            f"{option} {name!r} is not a registered dataset; the config registers "
+            f"{[*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]}"
+        )
     dicts = DatasetCatalog.get(name)[:count]
+    if not dicts:
+        raise ValueError(f"calibration dataset {name!r} has no images")
+    if len(dicts) < count:
+        logger.warning(
+            "calibrating on %d images: %r has fewer than --calibration-images %d",
+            len(dicts), name, count,
+        )  # fmt: skip
     mapper = PanopticDatasetMapper(cfg, is_train=False)
     images = [mapper(d)["image"] for d in dicts]
     return QuantizeOptions(images, CalibrationMethod(method), name)
@@ -188,16 +201,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--run-eval evaluates on DATASETS.TEST, which is empty")
         check_eval_outputs(written)  # before the export: nothing of the user's is replaced
     register_config_datasets(cfg)  # sample images come from DATASETS.TEST[0]
+    quantize = None
+    if args.quantize:  # before the model: a wrong calibration option fails fast
+        quantize = calibration_options(
+            cfg, args.calibration_images, args.calibration_method, args.calibration_dataset
+        )
     model = Trainer.build_model(cfg)
     # Refuses empty MODEL.WEIGHTS and weights that leave a head at random initialisation.
     checkpointer = Trainer.build_checkpointer(cfg, model, inference=True)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     samples = sample_inputs(cfg, args.sample_image, args.num_samples)
-    quantize = None
-    if args.quantize:
-        quantize = calibration_options(
-            cfg, args.calibration_images, args.calibration_method, args.calibration_dataset
-        )
     try:
         result = export_model(
             model,

@@ -2,15 +2,18 @@
 eager demo's results (same weights, same images)."""
 
 import json
+import logging
 import os
 
 import cv2
 import pytest
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
 from export_helpers import FAMILY_CONFIGS, SMALL_OPTS, family_model, val_dicts
-from helpers import config_path
+from helpers import config_path, load_cfg
 
 from panoptic_ext.cli import demo, export_model
+from panoptic_ext.engine.launch import register_config_datasets
 from panoptic_ext.export import ExportedPredictor
 
 
@@ -117,3 +120,32 @@ def test_export_int8_needs_onnx(weights, tmp_path):
             "--quantize", "int8", *opts]  # fmt: skip
     with pytest.raises(ValueError, match="--quantize int8 needs --format onnx"):
         export_model.main(argv)
+
+
+@pytest.mark.parametrize(
+    "option, problem",
+    [
+        (["--calibration-images", "0"], "--calibration-images must be at least 1, got 0"),
+        (["--calibration-dataset", "no_such_set"], "--calibration-dataset 'no_such_set' is not a"),
+    ],
+)
+def test_export_int8_refuses_bad_calibration_options_before_the_model(
+    weights, tmp_path, option, problem
+):
+    cfg_file, opts = _opts(weights)
+    argv = ["--config-file", cfg_file, "--output", str(tmp_path), "--quantize", "int8", *option]
+    with pytest.raises(ValueError, match=problem):
+        export_model.main([*argv, *opts])
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_calibration_on_a_smaller_set_than_asked_uses_what_there_is(caplog):
+    cfg = load_cfg("quick_schedules/semantic_fpn_synthetic.yaml")
+    register_config_datasets(cfg)
+    available = len(DatasetCatalog.get("synthetic_panoptic_val"))
+    with caplog.at_level(logging.WARNING, logger="panoptic_ext.export"):
+        options = export_model.calibration_options(
+            cfg, available + 5, dataset="synthetic_panoptic_val"
+        )
+    assert len(options.images) == available
+    assert f"calibrating on {available} images" in caplog.text
