@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 import cv2
 import torch
@@ -121,9 +122,6 @@ def calibrate(model: torch.nn.Module, sample: dict) -> None:
 def ort_profile(path: str, image: torch.Tensor, threads: int, top: int = 8) -> list[str]:
     """Lines naming the ``top`` op types and nodes by kernel time of one ONNX Runtime run of
     ``path`` on ``image`` ((3, H, W) uint8), after one unprofiled warm-up run."""
-    import json
-    from collections import Counter
-
     import onnxruntime as ort
 
     options = ort.SessionOptions()
