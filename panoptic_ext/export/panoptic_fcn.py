@@ -96,9 +96,9 @@ PANOPTIC_FCN = Family(
     # Float: the layers whose outputs are decisions or the mask logits themselves (about 6 %
     # of the R-50 MACs, nearly all of it the kernel head's output conv): the position head's
     # center logits (peaks, top-k, THING.THRES) and region logits (stuff argmax,
-    # STUFF.THRES), the kernel head's output conv and the two
-    # embedding extractors (the kernels; a per-tensor INT8 scale on them moves every mask
-    # logit of the instance), and the top-level MatMuls of ``lowres_predictions`` (kernel
+    # STUFF.THRES), the kernel head's output conv and the two embedding extractors (the
+    # kernels; a per-tensor INT8 scale on them moves every mask logit of the instance), and
+    # the top-level MatMuls of ``lowres_predictions`` (kernel
     # fusion's cosine similarity against SIMILAR_THRES and group mean; the kernel x feature
     # products that are the thing and stuff mask logits; both inputs are activations).
     # DeformConv (position head, paper config) is not a quantized op type, so it stays float.
